@@ -1,0 +1,23 @@
+rule bench:
+    input:
+        engine="results/engines/{engine}/{model}-{size}-{precision}-b{batch}.engine",
+        sidecar="results/engines/{engine}/{model}-{size}-{precision}-b{batch}.engine.json",
+        images="resources/images",
+    output:
+        "results/bench/{model}-{size}/{engine}-{precision}-b{batch}.json",
+    log:
+        "logs/bench/{model}-{size}/{engine}-{precision}-b{batch}.log",
+    conda:
+        "../envs/engines.yaml"
+    # All cores and the one device: timing never shares the machine with another job.
+    threads: workflow.cores
+    resources:
+        gpu=1,
+    params:
+        timing=config["timing"],
+    shell:
+        "YOLOFORGE_THREADS={threads} python -m yoloforge bench --engine {wildcards.engine}"
+        " --engine-file {input.engine} --model {wildcards.model} --images {input.images}"
+        " --batch {wildcards.batch} --warmup-seconds {params.timing[warmup_seconds]}"
+        " --seconds {params.timing[seconds]} --min-iterations {params.timing[min_iterations]}"
+        " --output {output} > {log} 2>&1"

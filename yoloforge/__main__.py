@@ -1,0 +1,5 @@
+import sys
+
+from yoloforge.cli import main
+
+sys.exit(main())

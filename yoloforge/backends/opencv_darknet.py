@@ -1,0 +1,87 @@
+"""OpenCV DNN reading the Darknet cfg + weights itself: the unoptimized-Darknet reference.
+
+Its engine file is a copy of the cfg with `thresh=0` in every [yolo] section, so OpenCV reports
+every class score instead of zeroing those under its default threshold; the sidecar pins the
+weights by path and sha256.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from yoloforge.backends.base import Backend, BuildRequest, Runner
+from yoloforge.device import cpu_fingerprint, cpu_threads
+from yoloforge.errors import YoloforgeError
+from yoloforge.files import sha256_file
+
+
+def cfg_without_score_threshold(text: str) -> str:
+    without = re.sub(r"(?im)^\s*thresh\s*=.*$", "", text)
+    return re.sub(r"(?im)^\s*\[yolo\]\s*$", "[yolo]\nthresh=0", without)
+
+
+def opencv_to_detections(outputs: list[np.ndarray], batch: int) -> np.ndarray:
+    """OpenCV's per-head outputs -> the `detections` contract (scores not times objectness)."""
+    heads = [output.reshape(batch, -1, output.shape[-1]) for output in outputs]
+    detections = np.concatenate(heads, axis=1).astype(np.float32, copy=True)
+    objectness = detections[..., 4:5]
+    np.divide(detections[..., 5:], objectness, out=detections[..., 5:], where=objectness > 0)
+    return detections
+
+
+class _OpenCvRunner(Runner):
+    def __init__(self, net) -> None:
+        self.net = net
+        self.outputs = net.getUnconnectedOutLayersNames()
+
+    def infer(self, images: np.ndarray) -> np.ndarray:
+        self.net.setInput(images)
+        return opencv_to_detections(self.net.forward(self.outputs), images.shape[0])
+
+
+class OpenCvDarknetBackend(Backend):
+    name = "opencv-darknet"
+    precisions = ("fp32",)
+
+    def unavailable_reason(self) -> str | None:
+        try:
+            import cv2
+        except ImportError as error:
+            return f"opencv-python-headless<5 is not installed ({error})"
+        if not hasattr(cv2.dnn, "readNetFromDarknet"):
+            return f"OpenCV {cv2.__version__} has no Darknet reader (removed in 5.x)"
+        return None
+
+    def library_versions(self) -> dict[str, str]:
+        import cv2
+
+        return {"opencv": cv2.__version__}
+
+    def device_fingerprint(self) -> dict[str, Any]:
+        return {**cpu_fingerprint(), **self.library_versions()}
+
+    def _build(self, request: BuildRequest) -> dict[str, Any]:
+        if request.cfg is None or request.weights is None:
+            raise YoloforgeError("opencv-darknet needs --cfg and --weights", request.output)
+        request.output.write_text(cfg_without_score_threshold(Path(request.cfg).read_text()))
+        return {
+            "weights": os.path.abspath(request.weights),
+            "weights_sha256": sha256_file(request.weights),
+        }
+
+    def _load(self, engine: Path, sidecar: dict[str, Any]) -> Runner:
+        import cv2
+
+        weights = sidecar["build_flags"]["weights"]
+        if not os.path.exists(weights) or sha256_file(weights) != sidecar["build_flags"]["weights_sha256"]:
+            raise YoloforgeError("weights changed or moved since this engine was built", weights)
+        cv2.setNumThreads(cpu_threads())
+        net = cv2.dnn.readNetFromDarknet(os.fspath(engine), weights)
+        net.setPreferableBackend(cv2.dnn.DNN_BACKEND_OPENCV)
+        net.setPreferableTarget(cv2.dnn.DNN_TARGET_CPU)
+        return _OpenCvRunner(net)

@@ -1,0 +1,1 @@
+"""Darknet cfg/weights reading, synthetic weights, and the ONNX writer."""

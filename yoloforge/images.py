@@ -1,0 +1,107 @@
+"""Evaluation images and the preprocessing every engine shares.
+
+Offline, the images are scikit-image's bundled real photos plus deterministic generated scenes;
+their manifest says which is which.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from yoloforge.errors import YoloforgeError
+from yoloforge.files import atomic_output, write_json
+
+# scikit-image's bundled photos with everyday objects, by loader name.
+BUNDLED_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle", "camera")
+LETTERBOX_FILL = 0.5  # Darknet pads letterboxed images with mid-gray
+
+
+def _bundled_photo(name: str) -> np.ndarray:
+    from skimage import data
+
+    image = data.stereo_motorcycle()[0] if name == "motorcycle" else getattr(data, name)()
+    if image.ndim == 2:
+        image = np.stack([image] * 3, axis=-1)
+    return image[..., :3].astype(np.uint8)
+
+
+def generated_scene(seed: int, width: int = 640, height: int = 480) -> np.ndarray:
+    """A deterministic image with a gradient background and solid rectangles and ellipses."""
+    rng = np.random.default_rng(seed)
+    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    start, end = rng.uniform(0, 255, (2, 3))
+    image = start + (end - start) * (xs / width)[..., None]
+    for _ in range(rng.integers(3, 8)):
+        x0, y0 = rng.uniform(0, 0.8) * width, rng.uniform(0, 0.8) * height
+        w, h = rng.uniform(0.1, 0.4) * width, rng.uniform(0.1, 0.4) * height
+        if rng.random() < 0.5:
+            mask = (xs >= x0) & (xs < x0 + w) & (ys >= y0) & (ys < y0 + h)
+        else:
+            mask = ((xs - x0 - w / 2) / (w / 2)) ** 2 + ((ys - y0 - h / 2) / (h / 2)) ** 2 <= 1
+        image[mask] = rng.uniform(0, 255, 3)
+    noise = rng.normal(0, 4, image.shape)
+    return np.clip(image + noise, 0, 255).astype(np.uint8)
+
+
+def write_image_set(output_dir: str | os.PathLike, count: int) -> list[Path]:
+    """Write `count` images (bundled photos first, then generated scenes) and a manifest."""
+    if count <= 0:
+        raise YoloforgeError(f"image count must be positive, got {count}", output_dir)
+    output_dir = Path(output_dir)
+    records = []
+    paths = []
+    for index in range(count):
+        if index < len(BUNDLED_PHOTOS):
+            name = BUNDLED_PHOTOS[index]
+            pixels, source = _bundled_photo(name), f"scikit-image bundled photo '{name}'"
+        else:
+            name = f"generated-{index:04d}"
+            pixels, source = generated_scene(index), f"generated scene (seed {index})"
+        path = output_dir / f"{index:04d}-{name}.png"
+        with atomic_output(path) as tmp:
+            Image.fromarray(pixels).save(tmp, format="PNG")
+        records.append({"file": path.name, "source": source})
+        paths.append(path)
+    write_json(output_dir / "manifest.json", {"images": records})
+    return paths
+
+
+def image_paths(directory: str | os.PathLike) -> list[Path]:
+    paths = sorted(p for p in Path(directory).iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg"})
+    if not paths:
+        raise YoloforgeError("no .png or .jpg images found", directory)
+    return paths
+
+
+def load_rgb(path: str | os.PathLike) -> np.ndarray:
+    try:
+        with Image.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as error:
+        raise YoloforgeError(f"not a readable image ({error.__class__.__name__})", path) from None
+
+
+def letterbox(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """RGB uint8 HxWx3 -> float32 3xHxW in [0, 1], aspect kept, padded with mid-gray."""
+    source_h, source_w = image.shape[:2]
+    scale = min(width / source_w, height / source_h)
+    new_w, new_h = max(1, round(source_w * scale)), max(1, round(source_h * scale))
+    resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
+    canvas = np.full((height, width, 3), LETTERBOX_FILL, dtype=np.float32)
+    top, left = (height - new_h) // 2, (width - new_w) // 2
+    canvas[top : top + new_h, left : left + new_w] = resized.astype(np.float32) / 255
+    return np.ascontiguousarray(canvas.transpose(2, 0, 1))
+
+
+def preprocessed_batches(
+    paths: list[Path], width: int, height: int, batch: int, count: int
+) -> list[np.ndarray]:
+    """`count` distinct batches cycling through the images, so timing never reuses one buffer."""
+    images = [letterbox(load_rgb(path), width, height) for path in paths]
+    return [
+        np.stack([images[(start * batch + i) % len(images)] for i in range(batch)]) for start in range(count)
+    ]
