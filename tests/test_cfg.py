@@ -1,0 +1,77 @@
+import pytest
+
+from tests.conftest import DATA, MODELS
+from yoloforge.darknet.cfg import build_network, load_cfg, parse_cfg_text
+from yoloforge.errors import YoloforgeError
+
+NET = "[net]\nwidth=64\nheight=64\nchannels=3\n"
+HEAD = "[convolutional]\nfilters=18\nsize=1\nactivation=linear\n[yolo]\nmask=0,1,2\nanchors=1,2,3,4,5,6\nclasses=1\n"
+
+
+def network(text: str, path: str = "test.cfg"):
+    return build_network(parse_cfg_text(text, path), path)
+
+
+def test_sections_comments_repeats_and_unknown_keys_are_kept():
+    sections = parse_cfg_text(
+        "# comment\n[net]\nwidth = 416 \n; other comment\n[convolutional]\nfilters=8\nfoo=bar\n"
+        "[convolutional]\nfilters=16\n"
+    )
+    assert [s.name for s in sections] == ["net", "convolutional", "convolutional"]
+    assert sections[0].options == {"width": "416"}
+    assert sections[1].options == {"filters": "8", "foo": "bar"}
+    assert sections[2].line == 8
+
+
+@pytest.mark.parametrize(
+    ("name", "layers", "convolutions", "heads", "parameters"),
+    [("yolov3-tiny", 24, 13, 2, 8858734), ("yolov3", 107, 75, 3, 62001757)],
+)
+def test_published_cfgs(name, layers, convolutions, heads, parameters):
+    net = load_cfg(MODELS / f"{name}.cfg")
+    assert len(net.layers) == layers
+    assert sum(layer.kind == "convolutional" for layer in net.layers) == convolutions
+    assert len(net.yolo_layers) == heads
+    assert net.classes == 80
+    # The published files hold exactly these floats after a 20-byte header: yolov3.weights is
+    # 248,007,048 bytes, yolov3-tiny.weights 35,434,956.
+    assert net.parameter_count() == parameters
+
+
+def test_shapes_follow_darknet_arithmetic():
+    net = load_cfg(DATA / "every-layer.cfg")
+    shapes = net.shapes(320, 256)
+    assert shapes[1] == (16, 128, 160)  # maxpool 2/2
+    assert shapes[5] == (32, 128, 160)  # maxpool size 2 stride 1 keeps the size
+    assert shapes[7] == (32, 64, 80)  # route group 1 of 2 halves the channels
+    assert shapes[17] == (256, 16, 20)  # SPP concatenation
+    assert [shapes[layer.index][1:] for layer in net.yolo_layers] == [(16, 20), (32, 40), (64, 80)]
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (NET + "[dropout]\nprobability=.5\n" + HEAD, "line 5 [dropout]: unknown layer type [dropout]"),
+        (NET + "[route]\nlayers=-3\n" + HEAD, "refers to layer -3, which does not exist"),
+        (NET + "[route]\nlayers=7\n" + HEAD, "refers to layer 7, which does not exist"),
+        (NET + "[convolutional]\nfilters=abc\n" + HEAD, "filters='abc' is not a valid int"),
+        (NET + "[convolutional]\nfilters=8\nactivation=gelu\n" + HEAD, "unknown activation 'gelu'"),
+        (NET + "[convolutional]\nfilters=17\nsize=1\n[yolo]\nmask=0\nanchors=1,2\nclasses=80\n",
+         "expects 85 input channels"),
+        (NET + "filters 3\n", "expected key=value, found 'filters 3'"),
+        ("width=3\n[net]\n", "before any [section]"),
+        (NET, "no [yolo] layer"),
+    ],
+)
+def test_bad_cfgs_name_the_file_and_line(text, message):
+    with pytest.raises(YoloforgeError) as error:
+        network(text)
+    assert str(error.value).startswith("test.cfg")
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("size", [(416, 400), (0, 416), (100, 100)])
+def test_sizes_must_be_multiples_of_32(size):
+    with pytest.raises(YoloforgeError, match="not a positive multiple of 32"):
+        load_cfg(MODELS / "yolov3.cfg").shapes(*size)
