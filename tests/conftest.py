@@ -35,8 +35,15 @@ def tiny_weights(tmp_path_factory) -> Path:
         return fetched
     output = tmp_path_factory.mktemp("weights") / "yolov3-tiny.weights"
     result = run_cli(
-        "fetch", "--source", TINY_SOURCE, "--sha256", TINY_SHA256, "--output", str(output),
-        "--cache-dir", str(ROOT / "resources" / "cache"),
+        "fetch",
+        "--source",
+        TINY_SOURCE,
+        "--sha256",
+        TINY_SHA256,
+        "--output",
+        str(output),
+        "--cache-dir",
+        str(ROOT / "resources" / "cache"),
     )
     assert result.returncode == 0, result.stderr
     return output

@@ -5,7 +5,10 @@ from yoloforge.darknet.cfg import build_network, load_cfg, parse_cfg_text
 from yoloforge.errors import YoloforgeError
 
 NET = "[net]\nwidth=64\nheight=64\nchannels=3\n"
-HEAD = "[convolutional]\nfilters=18\nsize=1\nactivation=linear\n[yolo]\nmask=0,1,2\nanchors=1,2,3,4,5,6\nclasses=1\n"
+HEAD = (
+    "[convolutional]\nfilters=18\nsize=1\nactivation=linear\n"
+    "[yolo]\nmask=0,1,2\nanchors=1,2,3,4,5,6\nclasses=1\n"
+)
 
 
 def network(text: str, path: str = "test.cfg"):
@@ -56,8 +59,10 @@ def test_shapes_follow_darknet_arithmetic():
         (NET + "[route]\nlayers=7\n" + HEAD, "refers to layer 7, which does not exist"),
         (NET + "[convolutional]\nfilters=abc\n" + HEAD, "filters='abc' is not a valid int"),
         (NET + "[convolutional]\nfilters=8\nactivation=gelu\n" + HEAD, "unknown activation 'gelu'"),
-        (NET + "[convolutional]\nfilters=17\nsize=1\n[yolo]\nmask=0\nanchors=1,2\nclasses=80\n",
-         "expects 85 input channels"),
+        (
+            NET + "[convolutional]\nfilters=17\nsize=1\n[yolo]\nmask=0\nanchors=1,2\nclasses=80\n",
+            "expects 85 input channels",
+        ),
         (NET + "filters 3\n", "expected key=value, found 'filters 3'"),
         ("width=3\n[net]\n", "before any [section]"),
         (NET, "no [yolo] layer"),

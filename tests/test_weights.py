@@ -10,7 +10,11 @@ from yoloforge.errors import YoloforgeError
 
 @pytest.mark.parametrize(
     ("header", "size"),
-    [(WeightsHeader(0, 2, 0, 2**40), 20), (WeightsHeader(0, 1, 0, 12345), 16), (WeightsHeader(1, 0, 0, 7), 20)],
+    [
+        (WeightsHeader(0, 2, 0, 2**40), 20),
+        (WeightsHeader(0, 1, 0, 12345), 16),
+        (WeightsHeader(1, 0, 0, 7), 20),
+    ],
 )
 def test_round_trip_with_32_and_64_bit_seen(tmp_path, header, size):
     net = load_cfg(DATA / "every-layer.cfg")
@@ -44,7 +48,8 @@ def _weights(tmp_path, extra: bytes = b"", cut: int = 0):
 def test_truncated_weights_say_how_many_floats(tmp_path):
     net, path = _weights(tmp_path, cut=40)
     expected = net.parameter_count()
-    with pytest.raises(YoloforgeError, match=f"truncated: expected {expected} floats for every-layer.cfg, found {expected - 10}"):
+    message = f"truncated: expected {expected} floats for every-layer.cfg, found {expected - 10}"
+    with pytest.raises(YoloforgeError, match=message):
         read_weights(path, net)
 
 

@@ -1,0 +1,86 @@
+"""Bad inputs through the command line: one line naming the file, non-zero exit, no output."""
+
+import pytest
+
+from tests.conftest import DATA, MODELS, run_cli
+
+
+@pytest.fixture(scope="module")
+def every_layer_weights(synthetic_weights):
+    return synthetic_weights(DATA / "every-layer.cfg")
+
+
+def _convert(tmp_path, cfg, weights, *extra):
+    output = tmp_path / "out" / "model.onnx"
+    result = run_cli("convert", "--cfg", str(cfg), "--weights", str(weights), "--output", str(output), *extra)
+    return result, output
+
+
+def _assert_clean_failure(result, output, *fragments):
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0]
+    assert not output.exists()
+    assert not list(output.parent.glob("*")) if output.parent.exists() else True
+
+
+def test_convert_writes_the_onnx_file(tmp_path, every_layer_weights):
+    result, output = _convert(tmp_path, DATA / "every-layer.cfg", every_layer_weights, "--size", "64x96")
+    assert result.returncode == 0, result.stderr
+    assert output.stat().st_size > 0
+    assert [p.name for p in output.parent.iterdir()] == ["model.onnx"]
+
+
+def test_truncated_weights(tmp_path, every_layer_weights):
+    weights = tmp_path / "truncated.weights"
+    weights.write_bytes(every_layer_weights.read_bytes()[:-400])
+    result, output = _convert(tmp_path, DATA / "every-layer.cfg", weights)
+    _assert_clean_failure(result, output, str(weights), "truncated: expected", "found")
+
+
+def test_weights_with_extra_bytes(tmp_path, every_layer_weights):
+    weights = tmp_path / "extra.weights"
+    weights.write_bytes(every_layer_weights.read_bytes() + b"\0" * 16)
+    result, output = _convert(tmp_path, DATA / "every-layer.cfg", weights)
+    _assert_clean_failure(result, output, str(weights), "has extra data")
+
+
+def test_weights_for_another_cfg(tmp_path, every_layer_weights):
+    result, output = _convert(tmp_path, MODELS / "yolov3-tiny.cfg", every_layer_weights)
+    expected = "expected 8858734 floats for yolov3-tiny.cfg"
+    _assert_clean_failure(result, output, str(every_layer_weights), expected)
+
+
+def test_cfg_with_unknown_section(tmp_path, every_layer_weights):
+    cfg = tmp_path / "unknown.cfg"
+    cfg.write_text((DATA / "every-layer.cfg").read_text().replace("[upsample]", "[reorg3d]", 1))
+    result, output = _convert(tmp_path, cfg, every_layer_weights)
+    _assert_clean_failure(result, output, str(cfg), "unknown layer type [reorg3d]")
+
+
+def test_route_to_missing_layer(tmp_path, every_layer_weights):
+    cfg = tmp_path / "route.cfg"
+    cfg.write_text((DATA / "every-layer.cfg").read_text().replace("layers=-1,10", "layers=-1,99"))
+    result, output = _convert(tmp_path, cfg, every_layer_weights)
+    _assert_clean_failure(result, output, str(cfg), "refers to layer 99, which does not exist")
+
+
+@pytest.mark.parametrize("size", ["400", "416x250", "0"])
+def test_size_not_divisible_by_32(tmp_path, every_layer_weights, size):
+    result, output = _convert(tmp_path, DATA / "every-layer.cfg", every_layer_weights, "--size", size)
+    assert result.returncode != 0
+    assert "multiples of 32" in result.stderr
+    assert not output.exists()
+
+
+def test_missing_weights_file(tmp_path):
+    result, output = _convert(tmp_path, DATA / "every-layer.cfg", tmp_path / "nope.weights")
+    _assert_clean_failure(result, output, "nope.weights", "cannot read weights")
+
+
+def test_unknown_engine(tmp_path):
+    output = tmp_path / "e.engine"
+    result = run_cli("build", "--engine", "darknet9000", "--onnx", "x.onnx", "--output", str(output))
+    _assert_clean_failure(result, output, "unknown engine 'darknet9000'")
