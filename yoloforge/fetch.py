@@ -26,7 +26,7 @@ from yoloforge.provenance import write_provenance
 
 log = logging.getLogger(__name__)
 
-DEFAULT_INDEX = os.environ.get("YOLOFORGE_PACKAGE_INDEX", "https://pypi.org/simple")
+DEFAULT_INDEX = "https://pypi.org/simple"
 CHUNK = 1 << 16
 
 
@@ -117,8 +117,12 @@ def download(
     os.replace(partial, output)
 
 
-def sdist_url(requirement: str, index: str = DEFAULT_INDEX) -> tuple[str, str]:
-    """`NAME==VERSION` -> (sdist URL, its sha256) from the index's simple API."""
+def sdist_url(requirement: str, index: str | None = None) -> tuple[str, str]:
+    """`NAME==VERSION` -> (sdist URL, its sha256) from the index's simple API.
+
+    The index is YOLOFORGE_PACKAGE_INDEX when set (a mirror), else PyPI.
+    """
+    index = index or os.environ.get("YOLOFORGE_PACKAGE_INDEX", DEFAULT_INDEX)
     match = re.fullmatch(r"([A-Za-z0-9_.-]+)==([A-Za-z0-9_.+!-]+)", requirement)
     if not match:
         raise YoloforgeError(f"package source {requirement!r} is not NAME==VERSION")

@@ -1,0 +1,111 @@
+import json
+import time
+
+import numpy as np
+import pytest
+
+from tests.conftest import MODELS, real_photo_batch
+from tests.reference import TOLERANCE, onnx_detections
+from yoloforge.backends import BuildRequest, Runner, availability, get_backend, read_sidecar
+from yoloforge.backends.base import sidecar_path
+from yoloforge.darknet.convert import convert
+from yoloforge.errors import YoloforgeError
+from yoloforge.timing import TimingBudget, measure, summarize
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(tiny_weights, tmp_path_factory):
+    output = tmp_path_factory.mktemp("onnx") / "tiny-320.onnx"
+    convert(MODELS / "yolov3-tiny.cfg", tiny_weights, output, (320, 320))
+    return output
+
+
+def _build(engine, tiny_onnx, tiny_weights, output):
+    request = BuildRequest(
+        onnx=tiny_onnx,
+        precision="fp32",
+        batch=2,
+        output=output,
+        cfg=MODELS / "yolov3-tiny.cfg",
+        weights=tiny_weights,
+    )
+    return get_backend(engine).build(request)
+
+
+def test_both_cpu_engines_are_available_here():
+    assert availability() == {"onnxruntime": None, "opencv-darknet": None}
+
+
+@pytest.mark.parametrize("engine", ["onnxruntime", "opencv-darknet"])
+def test_engine_agrees_with_the_onnx_reference(engine, tiny_onnx, tiny_weights, tmp_path):
+    output = tmp_path / f"{engine}.engine"
+    sidecar = _build(engine, tiny_onnx, tiny_weights, output)
+    assert sidecar == read_sidecar(output)
+    assert sidecar["model"]["width"] == "320" and sidecar["build_seconds"] > 0
+    images = real_photo_batch(320, 320)
+    detections = get_backend(engine).load(output).infer(images)
+    reference = onnx_detections(tiny_onnx, images)
+    assert detections.shape == reference.shape
+    np.testing.assert_allclose(detections[..., :5], reference[..., :5], atol=TOLERANCE)
+    scores = detections[..., 5:] * detections[..., 4:5]
+    np.testing.assert_allclose(scores, reference[..., 5:] * reference[..., 4:5], atol=TOLERANCE)
+
+
+def test_engine_from_another_device_is_refused(tiny_onnx, tiny_weights, tmp_path):
+    output = tmp_path / "copied.engine"
+    _build("onnxruntime", tiny_onnx, tiny_weights, output)
+    sidecar = json.loads(sidecar_path(output).read_text())
+    sidecar["device"]["name"] = "Another CPU"
+    sidecar_path(output).write_text(json.dumps(sidecar))
+    with pytest.raises(YoloforgeError, match="built for another device or library version"):
+        get_backend("onnxruntime").load(output)
+
+
+def test_corrupted_engine_is_refused(tiny_onnx, tiny_weights, tmp_path):
+    output = tmp_path / "corrupt.engine"
+    _build("onnxruntime", tiny_onnx, tiny_weights, output)
+    data = bytearray(output.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    output.write_bytes(bytes(data))
+    with pytest.raises(YoloforgeError, match="does not match the checksum"):
+        get_backend("onnxruntime").load(output)
+
+
+def test_failed_build_leaves_nothing(tiny_onnx, tmp_path):
+    output = tmp_path / "e" / "opencv.engine"
+    request = BuildRequest(onnx=tiny_onnx, precision="fp32", batch=1, output=output)
+    with pytest.raises(YoloforgeError, match="needs --cfg and --weights"):
+        get_backend("opencv-darknet").build(request)
+    assert list(output.parent.iterdir()) == []
+
+
+def test_unknown_precision_is_refused(tiny_onnx, tmp_path):
+    request = BuildRequest(onnx=tiny_onnx, precision="int4", batch=1, output=tmp_path / "x.engine")
+    with pytest.raises(YoloforgeError, match="onnxruntime has no int4 mode"):
+        get_backend("onnxruntime").build(request)
+
+
+class SleepingRunner(Runner):
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.seen: list[int] = []
+
+    def infer(self, images: np.ndarray) -> np.ndarray:
+        self.seen.append(id(images))
+        time.sleep(self.seconds)
+        return images
+
+
+def test_harness_measures_a_known_latency():
+    runner = SleepingRunner(0.02)
+    batches = [np.zeros((1, 3, 4, 4), np.float32) + i for i in range(3)]
+    latencies = measure(runner, batches, TimingBudget(warmup_seconds=0.05, seconds=0.5, min_iterations=5))
+    summary = summarize(latencies, batch=1)
+    assert summary["median_ms"] == pytest.approx(20, rel=0.05)
+    assert summary["iterations"] >= 5
+    assert len(set(runner.seen)) == 3  # inputs rotate over every batch
+
+
+def test_harness_respects_the_minimum_count_on_a_slow_device():
+    latencies = measure(SleepingRunner(0.05), [np.zeros(1)], TimingBudget(0, seconds=0.01, min_iterations=4))
+    assert latencies.size == 4

