@@ -1,8 +1,8 @@
 rule build:
     input:
         onnx="results/onnx/{model}-{size}.onnx",
-        cfg=lambda wc: config["models"][wc.model]["cfg"],
-        weights=lambda wc: weights_path(wc.model),
+        cfg="resources/models/{model}.cfg",
+        weights="resources/weights/{model}.weights",
     output:
         engine="results/engines/{engine}/{model}-{size}-{precision}-b{batch}.engine",
         sidecar="results/engines/{engine}/{model}-{size}-{precision}-b{batch}.engine.json",

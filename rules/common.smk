@@ -17,14 +17,13 @@ wildcard_constraints:
     batch=r"\d+",
 
 
-def weights_path(model):
-    """Fetched and synthetic weights get different names, so a table never mixes them up."""
-    kind = (
-        "synthetic"
-        if "synthetic_seed" in config["models"][model]["weights"]
-        else "fetched"
-    )
-    return f"resources/weights/{model}.{kind}.weights"
+STRICT = "--strict" if config.get("strict") else ""
+
+
+def asset_args(asset):
+    """Command-line arguments of `yoloforge fetch` for one asset of the config."""
+    sources = " ".join(f"--source '{source}'" for source in asset["sources"])
+    return f"{sources} --sha256 '{asset.get('sha256', '')}'"
 
 
 def bench_results():

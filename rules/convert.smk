@@ -1,7 +1,7 @@
 rule convert:
     input:
-        cfg=lambda wc: config["models"][wc.model]["cfg"],
-        weights=lambda wc: weights_path(wc.model),
+        cfg="resources/models/{model}.cfg",
+        weights="resources/weights/{model}.weights",
     output:
         "results/onnx/{model}-{size}.onnx",
     log:

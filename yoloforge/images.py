@@ -1,8 +1,4 @@
-"""Evaluation images and the preprocessing every engine shares.
-
-Offline, the images are scikit-image's bundled real photos plus deterministic generated scenes;
-their manifest says which is which.
-"""
+"""Image sources for offline use, image loading, and the preprocessing every engine shares."""
 
 from __future__ import annotations
 
@@ -13,7 +9,6 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from yoloforge.errors import YoloforgeError
-from yoloforge.files import atomic_output, write_json
 
 # scikit-image's bundled photos with everyday objects, by loader name.
 BUNDLED_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle", "camera")
@@ -47,29 +42,6 @@ def generated_scene(seed: int, width: int = 640, height: int = 480) -> np.ndarra
     return np.clip(image + noise, 0, 255).astype(np.uint8)
 
 
-def write_image_set(output_dir: str | os.PathLike, count: int) -> list[Path]:
-    """Write `count` images (bundled photos first, then generated scenes) and a manifest."""
-    if count <= 0:
-        raise YoloforgeError(f"image count must be positive, got {count}", output_dir)
-    output_dir = Path(output_dir)
-    records = []
-    paths = []
-    for index in range(count):
-        if index < len(BUNDLED_PHOTOS):
-            name = BUNDLED_PHOTOS[index]
-            pixels, source = _bundled_photo(name), f"scikit-image bundled photo '{name}'"
-        else:
-            name = f"generated-{index:04d}"
-            pixels, source = generated_scene(index), f"generated scene (seed {index})"
-        path = output_dir / f"{index:04d}-{name}.png"
-        with atomic_output(path) as tmp:
-            Image.fromarray(pixels).save(tmp, format="PNG")
-        records.append({"file": path.name, "source": source})
-        paths.append(path)
-    write_json(output_dir / "manifest.json", {"images": records})
-    return paths
-
-
 def image_paths(directory: str | os.PathLike) -> list[Path]:
     paths = sorted(p for p in Path(directory).iterdir() if p.suffix.lower() in {".png", ".jpg", ".jpeg"})
     if not paths:
@@ -101,7 +73,7 @@ def preprocessed_batches(
     paths: list[Path], width: int, height: int, batch: int, count: int
 ) -> list[np.ndarray]:
     """`count` distinct batches cycling through the images, so timing never reuses one buffer."""
-    images = [letterbox(load_rgb(path), width, height) for path in paths]
+    images = [letterbox(load_rgb(path), width, height) for path in paths[: batch * count]]
     return [
         np.stack([images[(start * batch + i) % len(images)] for i in range(batch)]) for start in range(count)
     ]

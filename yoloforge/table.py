@@ -32,6 +32,7 @@ COLUMNS = [
     "engine_bytes",
     "threads",
     "weights_source",
+    "images_source",
     "device",
     "libraries",
 ]

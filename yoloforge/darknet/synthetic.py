@@ -9,12 +9,15 @@ stays near unit scale, as in a trained network.
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from yoloforge.darknet.cfg import Layer, Network
+from yoloforge.darknet.cfg import Layer, Network, load_cfg
 from yoloforge.darknet.onnx_export import BATCHNORM_EPSILON, LEAKY_SLOPE
-from yoloforge.darknet.weights import LayerParams
+from yoloforge.darknet.weights import LayerParams, WeightsHeader, write_weights
+from yoloforge.files import sha256_file
 
 CALIBRATION_SIZE = 320
 CALIBRATION_PHOTOS = ("astronaut", "coffee")
@@ -148,3 +151,16 @@ def synthetic_params(network: Network, seed: int = 0) -> list[LayerParams]:
         outputs.append(y.astype(np.float32, copy=False))
         params.append(arrays)
     return params
+
+
+def write_synthetic_weights(cfg: str | os.PathLike, output: str | os.PathLike, seed: int) -> dict:
+    """Write synthetic weights for `cfg`; return their provenance record."""
+    network = load_cfg(cfg)
+    write_weights(output, network, synthetic_params(network, seed), WeightsHeader())
+    return {
+        "source": "synthetic",
+        "seed": seed,
+        "cfg": os.path.basename(os.fspath(cfg)),
+        "cfg_sha256": sha256_file(cfg),
+        "sha256": sha256_file(output),
+    }
