@@ -1,12 +1,12 @@
 rule bench:
     input:
-        engine="results/engines/{engine}/{model}-{size}-{precision}-b{batch}.engine",
-        sidecar="results/engines/{engine}/{model}-{size}-{precision}-b{batch}.engine.json",
+        engine="results/engines/{fingerprint}/{engine}/{model}-{size}-{precision}-b{batch}.engine",
+        sidecar="results/engines/{fingerprint}/{engine}/{model}-{size}-{precision}-b{batch}.engine.json",
         images="resources/images",
     output:
-        "results/bench/{model}-{size}/{engine}-{precision}-b{batch}.json",
+        "results/bench/{fingerprint}/{model}-{size}/{engine}-{precision}-b{batch}.json",
     log:
-        "logs/bench/{model}-{size}/{engine}-{precision}-b{batch}.log",
+        "logs/bench/{fingerprint}/{model}-{size}/{engine}-{precision}-b{batch}.log",
     conda:
         "../envs/engines.yaml"
     # All cores and the one device: timing never shares the machine with another job.
@@ -21,3 +21,18 @@ rule bench:
         " --batch {wildcards.batch} --warmup-seconds {params.timing[warmup_seconds]}"
         " --seconds {params.timing[seconds]} --min-iterations {params.timing[min_iterations]}"
         " --output {output} > {log} 2>&1"
+
+
+rule unavailable:
+    input:
+        device="results/device.json",
+    output:
+        "results/unavailable/{model}-{size}/{engine}-{precision}-b{batch}.json",
+    log:
+        "logs/unavailable/{model}-{size}/{engine}-{precision}-b{batch}.log",
+    conda:
+        "../envs/core.yaml"
+    shell:
+        "python -m yoloforge unavailable --device {input.device} --model {wildcards.model}"
+        " --size {wildcards.size} --engine {wildcards.engine} --precision {wildcards.precision}"
+        " --batch {wildcards.batch} --output {output} > {log} 2>&1"

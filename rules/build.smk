@@ -1,16 +1,41 @@
+checkpoint device:
+    output:
+        "results/device.json",
+    log:
+        "logs/device.log",
+    conda:
+        "../envs/engines.yaml"
+    params:
+        engines=" ".join(f"--engine {engine}" for engine in config["engines"]),
+        precisions=" ".join(
+            f"--precision {p}"
+            for p in sorted({p for ps in config["engines"].values() for p in ps})
+        ),
+    shell:
+        "python -m yoloforge device {params.engines} {params.precisions} --output {output} > {log} 2>&1"
+
+
 rule build:
     input:
         onnx="results/onnx/{model}-{size}.onnx",
         cfg="resources/models/{model}.cfg",
         weights="resources/weights/{model}.weights",
+        calibration="resources/calibration",
+        images="resources/images",
     output:
-        engine="results/engines/{engine}/{model}-{size}-{precision}-b{batch}.engine",
-        sidecar="results/engines/{engine}/{model}-{size}-{precision}-b{batch}.engine.json",
+        engine="results/engines/{fingerprint}/{engine}/{model}-{size}-{precision}-b{batch}.engine",
+        sidecar="results/engines/{fingerprint}/{engine}/{model}-{size}-{precision}-b{batch}.engine.json",
     log:
-        "logs/build/{engine}/{model}-{size}-{precision}-b{batch}.log",
+        "logs/build/{fingerprint}/{engine}/{model}-{size}-{precision}-b{batch}.log",
     conda:
         "../envs/engines.yaml"
+    resources:
+        gpu=1,
+    params:
+        options=engine_options,
     shell:
         "python -m yoloforge build --engine {wildcards.engine} --onnx {input.onnx} --cfg {input.cfg}"
-        " --weights {input.weights} --precision {wildcards.precision} --batch {wildcards.batch}"
+        " --weights {input.weights} --calibration {input.calibration} --precision {wildcards.precision}"
+        " --check-images {input.images} --batch {wildcards.batch} --fingerprint {wildcards.fingerprint}"
+        " {params.options}"
         " --output {output.engine} > {log} 2>&1"

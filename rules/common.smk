@@ -1,4 +1,5 @@
 # Names and paths derived from config; nothing here touches files or devices.
+import json
 
 # Every rule runs the yoloforge package of the workflow's own checkout, whatever is installed.
 # (Doubled braces: Snakemake formats the prefix with each job's wildcards.)
@@ -13,8 +14,9 @@ wildcard_constraints:
     model="|".join(config["models"]),
     size=r"\d+(x\d+)?",
     engine="|".join(config["engines"]),
-    precision="|".join(config["precisions"]),
+    precision="fp32|fp16|bf16|int8",
     batch=r"\d+",
+    fingerprint=r"[a-z0-9-]+",
 
 
 STRICT = "--strict" if config.get("strict") else ""
@@ -26,12 +28,39 @@ def asset_args(asset):
     return f"{sources} --sha256 '{asset.get('sha256', '')}'"
 
 
-def bench_results():
-    return [
-        f"results/bench/{model}-{size}/{engine}-{precision}-b{batch}.json"
-        for model, spec in config["models"].items()
-        for size in spec["sizes"]
-        for engine in config["engines"]
-        for precision in config["precisions"]
-        for batch in config["batches"]
-    ]
+def engine_options(wildcards):
+    """`--option KEY=VALUE` arguments of `yoloforge build` from config's engine_options."""
+    options = config.get("engine_options", {}).get(wildcards.engine, {})
+    return " ".join(
+        f"--option {key}={str(value).lower()}" for key, value in options.items()
+    )
+
+
+def table_rows(wildcards):
+    """One timing result per configured row; a row this machine cannot run is marked unavailable.
+
+    Engine folders are named by each engine's device fingerprint, which the `device` checkpoint
+    measures on the machine that runs the jobs.
+    """
+    with open(checkpoints.device.get().output[0]) as handle:
+        probe = json.load(handle)["engines"]
+    rows = []
+    for model, spec in config["models"].items():
+        for size in spec["sizes"]:
+            for engine, precisions in config["engines"].items():
+                for precision in precisions:
+                    reason = probe[engine]["precisions"][precision]
+                    if reason and config.get("strict"):
+                        raise ValueError(
+                            f"strict: {engine} {precision} cannot run here: {reason}"
+                        )
+                    folder = (
+                        "results/unavailable"
+                        if reason
+                        else f"results/bench/{probe[engine]['id']}"
+                    )
+                    rows += [
+                        f"{folder}/{model}-{size}/{engine}-{precision}-b{batch}.json"
+                        for batch in config["batches"]
+                    ]
+    return rows

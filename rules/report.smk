@@ -1,10 +1,11 @@
 localrules:
     table,
+    unavailable,
 
 
 rule table:
     input:
-        bench_results(),
+        table_rows,
     output:
         report(
             "results/benchmark.csv",

@@ -2,13 +2,15 @@ import json
 import time
 
 import numpy as np
+import onnxruntime as ort
 import pytest
 
 from tests.conftest import MODELS, real_photo_batch
 from tests.reference import TOLERANCE, onnx_detections
-from yoloforge.backends import BuildRequest, Runner, availability, get_backend, read_sidecar
+from yoloforge.backends import BuildRequest, Runner, get_backend, read_sidecar
 from yoloforge.backends.base import sidecar_path
 from yoloforge.darknet.convert import convert
+from yoloforge.device import fingerprint_id
 from yoloforge.errors import YoloforgeError
 from yoloforge.timing import TimingBudget, measure, summarize
 
@@ -32,8 +34,13 @@ def _build(engine, tiny_onnx, tiny_weights, output):
     return get_backend(engine).build(request)
 
 
-def test_both_cpu_engines_are_available_here():
-    assert availability() == {"onnxruntime": None, "opencv-darknet": None}
+def test_probe_says_what_runs_here_and_why_not():
+    onnxruntime = get_backend("onnxruntime").probe(["fp32", "int8", "bf16"])
+    assert onnxruntime["precisions"] == {"fp32": None, "int8": None, "bf16": "onnxruntime has no bf16 mode"}
+    assert onnxruntime["id"] == fingerprint_id(onnxruntime["fingerprint"])
+    assert onnxruntime["fingerprint"]["onnxruntime"] == ort.__version__
+    tensorrt = get_backend("tensorrt").probe(["fp16"])
+    assert tensorrt["id"] is None and "tensorrt is not installed" in tensorrt["precisions"]["fp16"]
 
 
 @pytest.mark.parametrize("engine", ["onnxruntime", "opencv-darknet"])

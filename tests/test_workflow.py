@@ -51,8 +51,7 @@ def workdir(tmp_path, synthetic_weights):
                 "sizes": [64],
             },
         },
-        "engines": ["onnxruntime", "opencv-darknet"],
-        "precisions": ["fp32"],
+        "engines": {"onnxruntime": ["fp32"], "opencv-darknet": ["fp32"], "tensorrt": ["fp16"]},
         "batches": [1, 2],
         "images": {"count": 3, "calibration_count": 2},
         "timing": {"warmup_seconds": 0, "seconds": 0.1, "min_iterations": 2},
@@ -65,8 +64,13 @@ def test_tiny_config_runs_end_to_end_and_reruns_nothing(workdir):
     result = snakemake(workdir, "--cores", "2")
     assert result.returncode == 0, result.stderr[-3000:]
     table = pd.read_csv(workdir / "results" / "benchmark.csv")
-    assert len(table) == 3 * 2 * 2  # model sizes x engines x batches
-    assert set(table["engine"]) == {"onnxruntime", "opencv-darknet"}
+    assert len(table) == 3 * 3 * 2  # model sizes x engines x batches
+    assert set(table["engine"]) == {"onnxruntime", "opencv-darknet", "tensorrt"}
+    # Not installable here: its rows say why, instead of failing the workflow.
+    tensorrt = table[table["engine"] == "tensorrt"]
+    assert tensorrt["unavailable"].str.contains("tensorrt is not installed").all()
+    assert tensorrt["median_ms"].isna().all()
+    table = table[table["engine"] != "tensorrt"]
     assert (table.loc[table["engine"] == "opencv-darknet", "speedup"] == 1).all()
     assert (table["median_ms"] > 0).all() and (table["iterations"] >= 2).all()
     sources = dict(zip(table["model"], table["weights_source"], strict=False))
@@ -83,7 +87,8 @@ def test_tiny_config_runs_end_to_end_and_reruns_nothing(workdir):
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"engines": ["tensorflow"]}, "tensorflow"),
+        ({"engines": {"tensorflow": ["fp32"]}}, "tensorflow"),
+        ({"engines": {"onnxruntime": ["fp64"]}}, "fp64"),
         ({"batches": [0]}, "minimum"),
         ({"colour": "red"}, "Additional properties"),
         ({"timing": {"warmup_seconds": 0, "seconds": -1, "min_iterations": 2}}, "minimum"),
@@ -146,9 +151,15 @@ def test_default_config_completes_offline_on_fallbacks(offline_default, tmp_path
     result = offline_default()
     assert result.returncode == 0, result.stderr[-3000:]
     table = pd.read_csv(tmp_path / "results" / "benchmark.csv")
-    assert len(table) == 6
-    assert set(table["weights_source"]) == {"synthetic"}
-    assert set(table["images_source"]) == {"substitute"}
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    model_sizes = sum(len(spec["sizes"]) for spec in config["models"].values())
+    assert len(table) == model_sizes * sum(len(p) for p in config["engines"].values()) * len(
+        config["batches"]
+    )
+    timed = table[table["unavailable"].isna()]
+    assert set(timed["weights_source"]) == {"synthetic"}
+    assert set(timed["images_source"]) == {"substitute"}
+    assert (timed["median_ms"] > 0).all()
     provenance = yaml.safe_load((tmp_path / "resources" / "weights" / "yolov3-tiny.weights.json").read_text())
     assert [failure.split(": ")[0] for failure in provenance["failed_sources"]] == [
         "https://pjreddie.com/media/files/yolov3-tiny.weights",

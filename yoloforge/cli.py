@@ -6,7 +6,6 @@ Errors the user can fix come out as one line naming the file and the problem, ex
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -30,6 +29,12 @@ def _positive_int(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"{text} is not a positive integer")
     return value
+
+
+def _option(text: str) -> str:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
+    return text
 
 
 def _non_negative_float(text: str) -> float:
@@ -86,6 +91,7 @@ def cmd_images(args: argparse.Namespace) -> None:
 
 def cmd_build(args: argparse.Namespace) -> None:
     from yoloforge.backends import BuildRequest, get_backend
+    from yoloforge.images import image_paths
 
     backend = get_backend(args.engine)
     request = BuildRequest(
@@ -95,9 +101,25 @@ def cmd_build(args: argparse.Namespace) -> None:
         output=Path(args.output),
         cfg=args.cfg and Path(args.cfg),
         weights=args.weights and Path(args.weights),
+        calibration=image_paths(args.calibration) if args.calibration else [],
+        check_images=image_paths(args.check_images) if args.check_images else [],
+        options=dict(option.split("=", 1) for option in args.option),
     )
+    if args.fingerprint:
+        here = backend.probe([args.precision])["id"]
+        if here != args.fingerprint:
+            raise YoloforgeError(
+                f"this machine's {args.engine} fingerprint is {here}, the output path says"
+                f" {args.fingerprint}; re-probe the device (snakemake --forcerun device)",
+                args.output,
+            )
     sidecar = backend.build(request)
-    log.info("built %s in %.1fs", args.output, sidecar["build_seconds"])
+    log.info(
+        "built %s in %.1fs; check against ONNX Runtime FP32: %s",
+        args.output,
+        sidecar["build_seconds"],
+        sidecar["check"],
+    )
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
@@ -145,6 +167,29 @@ def cmd_bench(args: argparse.Namespace) -> None:
     )
 
 
+def cmd_unavailable(args: argparse.Namespace) -> None:
+    import json
+
+    from yoloforge.darknet.convert import parse_size
+    from yoloforge.files import write_json
+
+    probe = json.loads(Path(args.device).read_text())["engines"][args.engine]
+    width, height = parse_size(args.size)
+    write_json(
+        args.output,
+        {
+            "model": args.model,
+            "width": width,
+            "height": height,
+            "engine": args.engine,
+            "precision": args.precision,
+            "batch": args.batch,
+            "scope": "model",
+            "unavailable": probe["precisions"][args.precision] or "unknown",
+        },
+    )
+
+
 def cmd_table(args: argparse.Namespace) -> None:
     from yoloforge.table import build_table, write_table
 
@@ -152,18 +197,23 @@ def cmd_table(args: argparse.Namespace) -> None:
     log.info("wrote %s from %d results", args.output, len(args.results))
 
 
-def cmd_engines(args: argparse.Namespace) -> None:
-    from yoloforge.backends import availability
-
-    for name, reason in availability().items():
-        print(f"{name}: {'available' if reason is None else 'unavailable: ' + reason}")
-
-
 def cmd_device(args: argparse.Namespace) -> None:
-    from yoloforge.device import cpu_fingerprint, fingerprint_id
+    from yoloforge.backends import BACKENDS, get_backend
+    from yoloforge.files import write_json
 
-    fingerprint = cpu_fingerprint()
-    print(json.dumps({"id": fingerprint_id(fingerprint), **fingerprint}, indent=2))
+    engines = args.engine or list(BACKENDS)
+    args.precision = args.precision or ["fp32", "fp16", "bf16", "int8"]
+    report = {"engines": {name: get_backend(name).probe(args.precision) for name in engines}}
+    if args.output:
+        write_json(args.output, report)
+    for name, probe in report["engines"].items():
+        for precision, reason in probe["precisions"].items():
+            log.info(
+                "%s %s: %s",
+                name,
+                precision,
+                f"unavailable: {reason}" if reason else f"runs here ({probe['id']})",
+            )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -220,6 +270,16 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--output", required=True)
     build.add_argument("--cfg", help="Darknet cfg, for engines that read it (opencv-darknet)")
     build.add_argument("--weights", help="Darknet weights, for engines that read them")
+    build.add_argument("--calibration", help="folder of INT8 calibration images")
+    build.add_argument("--check-images", help="folder of images for the output check after the build")
+    build.add_argument(
+        "--option",
+        action="append",
+        default=[],
+        type=_option,
+        help="engine option KEY=VALUE (max_autotune=false)",
+    )
+    build.add_argument("--fingerprint", help="refuse to build unless this machine has this fingerprint id")
     build.set_defaults(func=cmd_build)
 
     bench = commands.add_parser("bench", help="time one engine on the evaluation images")
@@ -235,13 +295,26 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--output", required=True)
     bench.set_defaults(func=cmd_bench)
 
+    unavailable = commands.add_parser("unavailable", help="the table row of an engine that cannot run here")
+    unavailable.add_argument("--device", required=True, help="the JSON of `yoloforge device`")
+    unavailable.add_argument("--model", required=True)
+    unavailable.add_argument("--size", required=True)
+    unavailable.add_argument("--engine", required=True)
+    unavailable.add_argument("--precision", required=True)
+    unavailable.add_argument("--batch", type=_positive_int, required=True)
+    unavailable.add_argument("--output", required=True)
+    unavailable.set_defaults(func=cmd_unavailable)
+
     table = commands.add_parser("table", help="collect timing results into the comparison table")
     table.add_argument("--output", required=True)
     table.add_argument("results", nargs="+")
     table.set_defaults(func=cmd_table)
 
-    commands.add_parser("engines", help="which engines can run here").set_defaults(func=cmd_engines)
-    commands.add_parser("device", help="this machine's device fingerprint").set_defaults(func=cmd_device)
+    device = commands.add_parser("device", help="which engines and precisions run here, with fingerprints")
+    device.add_argument("--engine", action="append", help="default: every engine")
+    device.add_argument("--precision", action="append", default=None)
+    device.add_argument("--output", help="write the report as JSON")
+    device.set_defaults(func=cmd_device)
     return parser
 
 

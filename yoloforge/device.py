@@ -6,6 +6,7 @@ import hashlib
 import os
 import platform
 import re
+import subprocess
 from pathlib import Path
 
 # CPU features that change which kernels an engine library picks.
@@ -44,6 +45,36 @@ def cpu_fingerprint() -> dict[str, object]:
         "machine": platform.machine(),
         "features": _cpu_features(),
     }
+
+
+def cuda_fingerprint() -> dict[str, object] | None:
+    """The GPU that CUDA programs here get first (name, compute capability, driver), or None.
+
+    Read from nvidia-smi, so it needs no framework: kernels compiled for one card, driver and
+    stack are valid only there.
+    """
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES", "0").split(",")[0].strip() or "0"
+    try:
+        result = subprocess.run(
+            [
+                "nvidia-smi",
+                "--query-gpu=name,compute_cap,driver_version",
+                "--format=csv,noheader",
+                "-i",
+                visible,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    fields = [field.strip() for field in result.stdout.strip().split(",")]
+    if len(fields) != 3:
+        return None
+    name, capability, driver = fields
+    return {"kind": "cuda", "name": name, "compute_capability": capability, "driver": driver}
 
 
 def fingerprint_id(fingerprint: dict[str, object]) -> str:

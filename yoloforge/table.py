@@ -35,6 +35,7 @@ COLUMNS = [
     "images_source",
     "device",
     "libraries",
+    "unavailable",
 ]
 
 
@@ -46,10 +47,13 @@ def build_table(result_files: list[str | os.PathLike]) -> pd.DataFrame:
         except (OSError, json.JSONDecodeError) as error:
             raise YoloforgeError(f"unreadable timing result: {error}", path) from None
         record.pop("latencies_ms", None)
-        record["device"] = fingerprint_id(record["device"])
-        record["libraries"] = " ".join(f"{k}={v}" for k, v in sorted(record["libraries"].items()))
+        if "device" in record:
+            record["device"] = fingerprint_id(record["device"])
+            record["libraries"] = " ".join(f"{k}={v}" for k, v in sorted(record["libraries"].items()))
         rows.append(record)
-    table = pd.DataFrame(rows)
+    table = pd.DataFrame(rows).reindex(
+        columns=sorted({*COLUMNS, *(k for r in rows for k in r)} - {"speedup"})
+    )
     table["ms_per_image"] = table["median_ms"] / table["batch"]
     baseline = (
         table[table["engine"] == BASELINE_ENGINE]

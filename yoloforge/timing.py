@@ -22,11 +22,16 @@ class TimingBudget:
 
 
 def measure(runner: Runner, batches: list[np.ndarray], budget: TimingBudget) -> np.ndarray:
-    """Per-iteration latencies in ms: one warm-up call at least, then the timed phase."""
+    """Per-iteration model-scope latencies in ms: inputs already where the engine reads them.
+
+    One warm-up call at least, then the timed phase; every iteration waits for the device.
+    """
+    prepared = [runner.prepare(batch) for batch in batches]
+    runner.synchronize()
     iteration = 0
     start = time.perf_counter()
     while True:
-        runner.infer(batches[iteration % len(batches)])
+        runner.run(prepared[iteration % len(prepared)])
         iteration += 1
         if time.perf_counter() - start >= budget.warmup_seconds:
             break
@@ -34,10 +39,10 @@ def measure(runner: Runner, batches: list[np.ndarray], budget: TimingBudget) -> 
     latencies = []
     phase_start = time.perf_counter()
     while len(latencies) < budget.min_iterations or time.perf_counter() - phase_start < budget.seconds:
-        batch = batches[iteration % len(batches)]
+        batch = prepared[iteration % len(prepared)]
         iteration += 1
         begin = time.perf_counter()
-        runner.infer(batch)
+        runner.run(batch)
         runner.synchronize()
         latencies.append((time.perf_counter() - begin) * 1000)
     return np.array(latencies)

@@ -5,10 +5,21 @@ from __future__ import annotations
 from yoloforge.backends.base import Backend, BuildRequest, Runner, read_sidecar
 from yoloforge.backends.onnxruntime_cpu import OnnxRuntimeBackend
 from yoloforge.backends.opencv_darknet import OpenCvDarknetBackend
+from yoloforge.backends.openvino_cpu import OpenVinoBackend
+from yoloforge.backends.tensorrt_polygraphy import TensorRtBackend
+from yoloforge.backends.torch_backend import TorchAotiBackend, TorchEagerBackend
 from yoloforge.errors import YoloforgeError
 
 BACKENDS: dict[str, type[Backend]] = {
-    backend.name: backend for backend in (OnnxRuntimeBackend, OpenCvDarknetBackend)
+    backend.name: backend
+    for backend in (
+        TensorRtBackend,
+        OnnxRuntimeBackend,
+        OpenVinoBackend,
+        TorchEagerBackend,
+        TorchAotiBackend,
+        OpenCvDarknetBackend,
+    )
 }
 
 
@@ -19,9 +30,4 @@ def get_backend(name: str) -> Backend:
         raise YoloforgeError(f"unknown engine {name!r}; known: {', '.join(sorted(BACKENDS))}") from None
 
 
-def availability() -> dict[str, str | None]:
-    """Each engine's reason it cannot run here, or None where it can."""
-    return {name: backend().unavailable_reason() for name, backend in BACKENDS.items()}
-
-
-__all__ = ["BACKENDS", "Backend", "BuildRequest", "Runner", "availability", "get_backend", "read_sidecar"]
+__all__ = ["BACKENDS", "Backend", "BuildRequest", "Runner", "get_backend", "read_sidecar"]

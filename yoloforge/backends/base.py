@@ -6,12 +6,14 @@ import json
 import os
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from yoloforge.device import fingerprint_id
 from yoloforge.errors import YoloforgeError
 from yoloforge.files import atomic_output, sha256_file, write_json
 
@@ -27,13 +29,25 @@ class BuildRequest:
     cfg: Path | None = None
     weights: Path | None = None
     calibration: list[Path] = field(default_factory=list)
+    check_images: list[Path] = field(default_factory=list)
+    options: dict[str, str] = field(default_factory=dict)  # engine-specific build options
 
 
 class Runner(ABC):
-    """A loaded engine: `infer` takes float32 images [N, 3, H, W] and returns `detections`."""
+    """A loaded engine: `infer` takes float32 images [N, 3, H, W] and returns `detections`.
+
+    For model-scope timing, `prepare` puts a batch where the engine reads it (device memory on a
+    GPU) and `run` computes on it without host transfers; `infer` is the whole round trip.
+    """
 
     @abstractmethod
     def infer(self, images: np.ndarray) -> np.ndarray: ...
+
+    def prepare(self, images: np.ndarray) -> Any:
+        return images
+
+    def run(self, prepared: Any) -> Any:
+        return self.infer(prepared)
 
     def synchronize(self) -> None:
         """Wait for queued device work; host backends finish inside `infer`."""
@@ -45,8 +59,8 @@ class Backend(ABC):
     precisions: tuple[str, ...]
     device_kind: str = "cpu"
 
-    def unavailable_reason(self) -> str | None:
-        """None when this backend can run here, else why not (a missing library, say)."""
+    def unavailable_reason(self, precision: str = "fp32") -> str | None:
+        """None when this backend can run `precision` here, else why not (a missing library, say)."""
         return None
 
     @abstractmethod
@@ -69,14 +83,16 @@ class Backend(ABC):
                 f"{self.name} has no {request.precision} mode (it has {', '.join(self.precisions)})",
                 request.onnx,
             )
-        reason = self.unavailable_reason()
+        reason = self.unavailable_reason(request.precision)
         if reason:
-            raise YoloforgeError(f"{self.name} is unavailable: {reason}", request.output)
+            raise YoloforgeError(f"{self.name} {request.precision} is unavailable: {reason}", request.output)
         start = time.perf_counter()
         with atomic_output(request.output) as partial:
             flags = self._build(replace(request, output=partial))
+            build_seconds = time.perf_counter() - start
             engine_sha256 = sha256_file(partial)
             engine_bytes = partial.stat().st_size
+            check = output_check(request, lambda: self._load(partial, {"build_flags": flags}))
         sidecar = {
             "model": onnx_metadata(request.onnx),
             "backend": self.name,
@@ -88,10 +104,29 @@ class Backend(ABC):
             "device": self.device_fingerprint(),
             "libraries": self.library_versions(),
             "build_flags": flags,
-            "build_seconds": time.perf_counter() - start,
+            "build_seconds": build_seconds,
+            "check": check,
         }
         write_json(sidecar_path(request.output), sidecar)
         return sidecar
+
+    def probe(self, precisions: list[str]) -> dict[str, Any]:
+        """What this machine offers this engine: its fingerprint and id, and per precision
+        None where it can run, else why not. Engines live in a folder named by the id."""
+        reasons = {
+            precision: (
+                f"{self.name} has no {precision} mode"
+                if precision not in self.precisions
+                else self.unavailable_reason(precision)
+            )
+            for precision in precisions
+        }
+        fingerprint = None if all(reasons.values()) else self.device_fingerprint()
+        return {
+            "id": fingerprint and fingerprint_id(fingerprint),
+            "fingerprint": fingerprint,
+            "precisions": reasons,
+        }
 
     def load(self, engine: str | os.PathLike) -> Runner:
         engine = Path(engine)
@@ -100,13 +135,59 @@ class Backend(ABC):
             raise YoloforgeError(f"engine was built by {sidecar.get('backend')}, not {self.name}", engine)
         if sidecar.get("device") != self.device_fingerprint():
             raise YoloforgeError(
-                "engine was built for another device or library version"
-                f" ({sidecar.get('device')}); rebuild it here",
+                f"engine was built for another device or library version ({sidecar.get('device')});"
+                " rebuild it here (in the workflow: snakemake --forcerun device)",
                 engine,
             )
         if sha256_file(engine) != sidecar.get("engine_sha256"):
             raise YoloforgeError("engine file does not match the checksum in its sidecar", engine)
         return self._load(engine, sidecar)
+
+
+CHECK_IMAGES = 4
+
+
+def calibration_batches(request: BuildRequest, batch: int = 1) -> list[np.ndarray]:
+    """The request's calibration images, preprocessed for the model, in batches of `batch`."""
+    from yoloforge.images import preprocessed_batches
+
+    if not request.calibration:
+        raise YoloforgeError("this build needs calibration images (--calibration DIR)", request.output)
+    metadata = onnx_metadata(request.onnx)
+    width, height = int(metadata["width"]), int(metadata["height"])
+    count = -(-len(request.calibration) // batch)
+    return preprocessed_batches(request.calibration, width, height, batch, count)
+
+
+def output_check(request: BuildRequest, load: Callable[[], Runner]) -> dict[str, Any]:
+    """The new engine against ONNX Runtime FP32 on the same ONNX file, on a few images."""
+    from yoloforge.detections import agreement, decode
+
+    if not request.check_images:
+        return {"skipped": "no images to check on"}
+    try:
+        import onnxruntime
+    except ImportError:
+        return {"skipped": "onnxruntime, the reference, is not installed"}
+    images = calibration_batches(
+        replace(request, calibration=request.check_images[:CHECK_IMAGES]), request.batch
+    )[0]
+    session = onnxruntime.InferenceSession(os.fspath(request.onnx), providers=["CPUExecutionProvider"])
+    reference = session.run(None, {"images": images})[0]
+    runner = load()
+    detections = np.asarray(runner.infer(images), dtype=np.float32)
+    runner.synchronize()
+    finite = np.isfinite(detections)
+    boxes_error = np.abs(np.where(finite, detections, 0)[..., :5] - reference[..., :5]).max()
+    scores = detections[..., 5:] * detections[..., 4:5]
+    scores_error = np.abs(np.nan_to_num(scores) - reference[..., 5:] * reference[..., 4:5]).max()
+    return {
+        "images": len(images),
+        "max_abs_error_boxes": float(boxes_error),
+        "max_abs_error_scores": float(scores_error),
+        "non_finite_values": int((~finite).sum()),
+        **agreement([decode(r) for r in reference], [decode(np.nan_to_num(d)) for d in detections]),
+    }
 
 
 def onnx_metadata(path: str | os.PathLike) -> dict[str, str]:

@@ -48,7 +48,7 @@ class OpenCvDarknetBackend(Backend):
     name = "opencv-darknet"
     precisions = ("fp32",)
 
-    def unavailable_reason(self) -> str | None:
+    def unavailable_reason(self, precision: str = "fp32") -> str | None:
         try:
             import cv2
         except ImportError as error:

@@ -1,0 +1,192 @@
+"""PyTorch engines run from our ONNX graph rebuilt as a torch module (see torch_graph).
+
+torch-eager: the engine file is a copy of the ONNX file; load rebuilds the module from it and
+casts it to the precision, so the engine is the graph plus the build flags in the sidecar.
+torch-aoti: torch.export at the build's fixed batch, compiled ahead of time by AOTInductor into
+a .pt2 package (generated C++/CUDA kernels in a shared library), which is the engine file.
+
+Both run on CUDA when PyTorch sees a GPU, else on the CPU; inputs are cast to the precision and
+detections come back as float32.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from yoloforge.backends.base import Backend, BuildRequest, Runner
+from yoloforge.device import cpu_fingerprint, cpu_threads, cuda_fingerprint
+from yoloforge.errors import YoloforgeError
+
+DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+# max-autotune (the default on CUDA; option max_autotune=true|false) benchmarks Triton and
+# cuBLAS/cuDNN choices per layer while compiling: minutes per model, fastest to run, which is what
+# an engine file is for. The CPU gets Inductor's defaults.
+
+
+class _TorchRunner(Runner):
+    def __init__(self, model, flags: dict[str, Any]) -> None:
+        import torch
+
+        self.model = model
+        self.device = torch.device(flags["device"])
+        self.dtype = getattr(torch, flags["dtype"])
+        self.channels_last = flags.get("channels_last", False)
+        self.batch = flags.get("batch")
+
+    def prepare(self, images: np.ndarray):
+        import torch
+
+        if self.batch is not None and images.shape[0] != self.batch:
+            raise YoloforgeError(f"this engine was compiled for batch {self.batch}, not {images.shape[0]}")
+        tensor = torch.from_numpy(np.ascontiguousarray(images)).to(self.device, self.dtype)
+        if self.channels_last:
+            tensor = tensor.contiguous(memory_format=torch.channels_last)
+        return tensor
+
+    def run(self, prepared):
+        import torch
+
+        with torch.inference_mode():
+            return self.model(prepared)
+
+    def infer(self, images: np.ndarray) -> np.ndarray:
+        return self.run(self.prepare(images)).float().cpu().numpy()
+
+    def synchronize(self) -> None:
+        import torch
+
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+
+class _TorchBackend(Backend):
+    precisions = ("fp32", "fp16", "bf16")
+
+    def unavailable_reason(self, precision: str = "fp32") -> str | None:
+        try:
+            import torch
+        except ImportError as error:
+            return f"PyTorch is not installed ({error})"
+        cuda = torch.cuda.is_available()
+        if precision == "bf16" and cuda and not torch.cuda.is_bf16_supported(including_emulation=False):
+            return f"{torch.cuda.get_device_name()} has no native bfloat16"
+        return None
+
+    def library_versions(self) -> dict[str, str]:
+        import torch
+
+        return {"torch": torch.__version__, "torch_cuda": str(torch.version.cuda)}
+
+    def device_fingerprint(self) -> dict[str, Any]:
+        import torch
+
+        device = (cuda_fingerprint() if torch.cuda.is_available() else None) or cpu_fingerprint()
+        return {**device, **self.library_versions()}
+
+    def _flags(self, request: BuildRequest) -> dict[str, Any]:
+        """Where and how the module runs; _load reads everything it needs from these."""
+        import torch
+
+        flags: dict[str, Any] = {"dtype": DTYPES[request.precision]}
+        if not torch.cuda.is_available():
+            return {**flags, "device": "cpu", "threads": cpu_threads()}
+        flags["device"] = "cuda"
+        if request.precision == "fp32":
+            # TF32 tensor cores keep 10 of float32's 23 mantissa bits: fp32 here means IEEE fp32.
+            flags["tf32"] = False
+        return flags
+
+
+def _configure(flags: dict[str, Any]) -> None:
+    """Process-wide torch settings the engine depends on, applied at build and again at load."""
+    import torch
+
+    if flags["device"] == "cpu":
+        torch.set_num_threads(cpu_threads())
+        return
+    # An AOTInductor package loaded before the process has a CUDA context crashes (seen with
+    # torch 2.11): create the context first.
+    torch.zeros(1, device="cuda")
+    if flags.get("tf32") is False:
+        # The legacy switches, not the fp32_precision API: Inductor's conv templates read these,
+        # and PyTorch refuses to read them once the two APIs have been mixed.
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+
+
+def _module_for(onnx: Path, flags: dict[str, Any]):
+    import torch
+
+    from yoloforge.backends.torch_graph import onnx_module
+
+    module = onnx_module(onnx).to(torch.device(flags["device"]), getattr(torch, flags["dtype"]))
+    if flags.get("channels_last"):
+        module = module.to(memory_format=torch.channels_last)
+    return module
+
+
+class TorchEagerBackend(_TorchBackend):
+    name = "torch-eager"
+
+    def _flags(self, request: BuildRequest) -> dict[str, Any]:
+        flags = super()._flags(request)
+        # cuDNN's convolutions are fastest on NHWC tensors; on the CPU, NCHW is the default path.
+        return {**flags, "channels_last": flags["device"] == "cuda"}
+
+    def _build(self, request: BuildRequest) -> dict[str, Any]:
+        flags = self._flags(request)
+        _configure(flags)
+        _module_for(request.onnx, flags)  # an op we cannot run fails the build, not the first load
+        shutil.copyfile(request.onnx, request.output)
+        return {**flags, "engine_file": "the ONNX file; load rebuilds the torch module from it"}
+
+    def _load(self, engine: Path, sidecar: dict[str, Any]) -> Runner:
+        flags = sidecar["build_flags"]
+        _configure(flags)
+        return _TorchRunner(_module_for(engine, flags), flags)
+
+
+class TorchAotiBackend(_TorchBackend):
+    name = "torch-aoti"
+
+    def _build(self, request: BuildRequest) -> dict[str, Any]:
+        import torch
+        from torch._inductor import aoti_compile_and_package
+
+        flags = {**self._flags(request), "batch": request.batch}
+        _configure(flags)
+        module = _module_for(request.onnx, flags)
+        example = torch.zeros(
+            (request.batch, *module.image_shape),
+            device=torch.device(flags["device"]),
+            dtype=getattr(torch, flags["dtype"]),
+        )
+        autotune = request.options.get("max_autotune", "true" if flags["device"] == "cuda" else "false")
+        if autotune not in ("true", "false"):
+            raise YoloforgeError(f"max_autotune={autotune!r}: expected true or false", request.output)
+        configs = {"max_autotune": autotune == "true"}
+        exported = torch.export.export(module, (example,))
+        # AOTInductor wants a path ending in .pt2, which the build's temporary file does not have
+        # (and a package written to an open file did not load on torch 2.11): compile beside it.
+        with tempfile.TemporaryDirectory() as scratch:
+            package = Path(scratch) / "engine.pt2"
+            aoti_compile_and_package(exported, package_path=str(package), inductor_configs=configs)
+            shutil.copyfile(package, request.output)
+        return {**flags, "export": "torch.export, fixed batch", "inductor_configs": configs}
+
+    def _load(self, engine: Path, sidecar: dict[str, Any]) -> Runner:
+        from torch._inductor import aoti_load_package
+
+        flags = sidecar["build_flags"]
+        _configure(flags)
+        # Loading from an open file crashes torch 2.11 (segfault in _load_aoti), so load by a
+        # path that ends in .pt2, as AOTInductor wants: a link to the engine file.
+        with tempfile.TemporaryDirectory() as scratch:
+            link = Path(scratch) / "engine.pt2"
+            link.symlink_to(Path(engine).resolve())
+            return _TorchRunner(aoti_load_package(str(link)), flags)

@@ -1,0 +1,272 @@
+"""Our ONNX graph as a `torch.nn.Module` with every shape and attribute fixed at build time.
+
+Only the operators the converter emits are supported. Constant inputs that steer an op (shapes,
+split sizes, slice bounds, resize scales) are read once here as Python numbers, so `forward`
+is straight-line tensor code that `torch.export` traces without guards on tensor values; the
+only symbolic size left is the batch, which every Reshape keeps as -1.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from yoloforge.errors import YoloforgeError
+
+# An op's maker gets the node, its attributes and a reader for constant inputs; it returns the
+# function to run and the names of the inputs that stay tensors at run time.
+Maker = Callable[[Any, dict[str, Any], Callable[[str], np.ndarray]], tuple[Callable[..., Any], list[str]]]
+
+
+def _begin_end(pads: list[int]) -> tuple[list[int], list[int]]:
+    """ONNX pads list every axis's begin, then every axis's end."""
+    half = len(pads) // 2
+    return pads[:half], pads[half:]
+
+
+def _torch_pad(begin: list[int], end: list[int]) -> tuple[int, ...]:
+    """F.pad's order: last axis first, begin before end."""
+    return tuple(value for b, e in zip(reversed(begin), reversed(end), strict=True) for value in (b, e))
+
+
+def _check_2d(node, attrs: dict[str, Any], kernel_rank: int) -> None:
+    if kernel_rank != 2:
+        raise ValueError(f"{node.op_type} over {kernel_rank} spatial axes (only 2)")
+    if attrs.get("auto_pad", b"NOTSET") != b"NOTSET":
+        raise ValueError(f"{node.op_type} with auto_pad={attrs['auto_pad']!r}")
+
+
+def _conv(node, attrs, const):
+    import torch.nn.functional as F
+
+    _check_2d(node, attrs, const(node.input[1]).ndim - 2)
+    begin, end = _begin_end(attrs.get("pads", [0, 0, 0, 0]))
+    stride = attrs.get("strides", [1, 1])
+    dilation = attrs.get("dilations", [1, 1])
+    groups = attrs.get("group", 1)
+    if begin == end:
+        return (lambda x, w, b=None: F.conv2d(x, w, b, stride, begin, dilation, groups)), node.input
+    pad = _torch_pad(begin, end)
+    return (lambda x, w, b=None: F.conv2d(F.pad(x, pad), w, b, stride, 0, dilation, groups)), node.input
+
+
+def _max_pool(node, attrs, const):
+    import torch.nn.functional as F
+
+    kernel = attrs["kernel_shape"]
+    _check_2d(node, attrs, len(kernel))
+    stride = attrs.get("strides", [1, 1])
+    dilation = attrs.get("dilations", [1, 1])
+    ceil = bool(attrs.get("ceil_mode", 0))
+    begin, end = _begin_end(attrs.get("pads", [0, 0, 0, 0]))
+    if begin == end:
+        return (lambda x: F.max_pool2d(x, kernel, stride, begin, dilation, ceil)), node.input[:1]
+    # Darknet pads the extra row and column at the bottom and right; max_pool2d's own padding
+    # is symmetric, so pad explicitly with -inf, which never wins a max.
+    pad = _torch_pad(begin, end)
+    return (
+        lambda x: F.max_pool2d(F.pad(x, pad, value=float("-inf")), kernel, stride, 0, dilation, ceil)
+    ), node.input[:1]
+
+
+def _resize(node, attrs, const):
+    import torch
+
+    settings = (
+        attrs.get("mode", b"nearest"),
+        attrs.get("coordinate_transformation_mode", b"half_pixel"),
+        attrs.get("nearest_mode", b"round_prefer_floor"),
+    )
+    inputs = list(node.input) + [""] * (4 - len(node.input))
+    if settings != (b"nearest", b"asymmetric", b"floor") or not inputs[2] or inputs[3]:
+        raise ValueError(f"Resize other than nearest/asymmetric/floor by scales ({settings}, {inputs})")
+    scales = const(inputs[2]).tolist()
+    if scales[:2] != [1, 1] or any(s != int(s) or s < 1 for s in scales[2:]):
+        raise ValueError(f"Resize by scales {scales} (only whole-number spatial scales)")
+    # With a whole-number scale s, asymmetric/floor picks source pixel floor(i / s) for output
+    # pixel i: exactly each pixel repeated s times along that axis.
+    repeats = [(axis, int(s)) for axis, s in enumerate(scales) if s != 1]
+
+    def resize(x):
+        for axis, count in repeats:
+            x = torch.repeat_interleave(x, count, dim=axis)
+        return x
+
+    return resize, inputs[:1]
+
+
+def _reshape(node, attrs, const):
+    shape = const(node.input[1]).tolist()
+    if attrs.get("allowzero", 0) or 0 in shape:
+        raise ValueError(f"Reshape to {shape} with a zero dimension")
+    return (lambda x: x.reshape(shape)), node.input[:1]
+
+
+def _slice(node, attrs, const):
+    starts, ends = const(node.input[1]).tolist(), const(node.input[2]).tolist()
+    axes = const(node.input[3]).tolist() if len(node.input) > 3 and node.input[3] else range(len(starts))
+    steps = const(node.input[4]).tolist() if len(node.input) > 4 and node.input[4] else [1] * len(starts)
+    if min(steps) < 1:
+        raise ValueError(f"Slice with steps {steps}")
+    index: dict[int, slice] = {
+        axis: slice(start, end, step)
+        for axis, start, end, step in zip(axes, starts, ends, steps, strict=True)
+    }
+
+    def take(x):
+        chosen = {axis % x.dim(): part for axis, part in index.items()}  # ONNX allows negative axes
+        return x[tuple(chosen.get(axis, slice(None)) for axis in range(x.dim()))]
+
+    return take, node.input[:1]
+
+
+def _split(node, attrs, const):
+    import torch
+
+    if len(node.input) < 2 or not node.input[1]:
+        raise ValueError("Split without constant split sizes")
+    sizes = const(node.input[1]).tolist()
+    axis = attrs.get("axis", 0)
+    return (lambda x: torch.split(x, sizes, dim=axis)), node.input[:1]
+
+
+def _concat(node, attrs, const):
+    import torch
+
+    axis = attrs["axis"]
+    return (lambda *xs: torch.cat(xs, dim=axis)), node.input
+
+
+def _transpose(node, attrs, const):
+    perm = attrs.get("perm")
+    return (lambda x: x.permute(perm if perm else list(reversed(range(x.dim()))))), node.input
+
+
+def _elementwise(function_name: str) -> Maker:
+    def make(node, attrs, const):
+        import torch
+
+        return getattr(torch, function_name), node.input
+
+    return make
+
+
+def _leaky_relu(node, attrs, const):
+    import torch.nn.functional as F
+
+    slope = attrs.get("alpha", 0.01)
+    return (lambda x: F.leaky_relu(x, slope)), node.input
+
+
+def _mish(node, attrs, const):
+    import torch.nn.functional as F
+
+    return F.mish, node.input
+
+
+def _identity(node, attrs, const):
+    return (lambda x: x), node.input
+
+
+OPS: dict[str, Maker] = {
+    "Add": _elementwise("add"),
+    "Concat": _concat,
+    "Conv": _conv,
+    "Exp": _elementwise("exp"),
+    "Identity": _identity,
+    "LeakyRelu": _leaky_relu,
+    "MaxPool": _max_pool,
+    "Mish": _mish,
+    "Mul": _elementwise("mul"),
+    "Relu": _elementwise("relu"),
+    "Reshape": _reshape,
+    "Resize": _resize,
+    "Sigmoid": _elementwise("sigmoid"),
+    "Slice": _slice,
+    "Split": _split,
+    "Transpose": _transpose,
+}
+
+
+def onnx_module(path: str | os.PathLike):
+    """Build the module for the ONNX file at `path`; one input image tensor, one output tensor."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(os.fspath(path))
+    graph = model.graph
+    constants = {tensor.name: numpy_helper.to_array(tensor) for tensor in graph.initializer}
+    inputs = [value.name for value in graph.input if value.name not in constants]
+    if len(inputs) != 1 or len(graph.output) != 1:
+        raise YoloforgeError(
+            f"the graph has inputs {inputs} and {len(graph.output)} outputs; expected one of each", path
+        )
+
+    def const(name: str) -> np.ndarray:
+        if name not in constants:
+            raise ValueError(f"input {name!r} is computed at run time, not a constant")
+        return constants[name]
+
+    steps = []
+    for node in graph.node:
+        if node.op_type not in OPS or node.domain not in ("", "ai.onnx"):
+            raise YoloforgeError(
+                f"the torch engines do not support ONNX op {node.op_type} ({node.name})", path
+            )
+        attrs = {attribute.name: helper.get_attribute_value(attribute) for attribute in node.attribute}
+        try:
+            function, tensor_inputs = OPS[node.op_type](node, attrs, const)
+        except ValueError as error:
+            raise YoloforgeError(f"the torch engines do not support {node.name}: {error}", path) from None
+        steps.append((function, [name for name in tensor_inputs if name], list(node.output)))
+
+    used = {name for _, names, _ in steps for name in names if name in constants}
+    kept = {name: constants[name] for name in sorted(used)}
+    dims = next(value for value in graph.input if value.name == inputs[0]).type.tensor_type.shape.dim
+    image_shape = tuple(dim.dim_value for dim in dims[1:])
+    return _module_class()(steps, kept, inputs[0], graph.output[0].name, image_shape).eval()
+
+
+@functools.cache
+def _module_class():
+    import torch
+
+    class OnnxGraphModule(torch.nn.Module):
+        """Runs the ONNX nodes in their (topological) file order over a name -> tensor table."""
+
+        def __init__(
+            self,
+            steps: list,
+            constants: dict[str, np.ndarray],
+            input_name: str,
+            output_name: str,
+            image_shape: tuple[int, ...],
+        ) -> None:
+            super().__init__()
+            self.steps = steps
+            self.input_name = input_name
+            self.output_name = output_name
+            # Everything but the batch is fixed; the AOT engine compiles for exactly this shape.
+            self.image_shape = image_shape
+            # Buffers, so `.to(device, dtype)` moves and casts the weights with the module.
+            self.buffer_of: dict[str, str] = {}
+            for index, (name, value) in enumerate(constants.items()):
+                self.register_buffer(f"constant{index}", torch.from_numpy(value.copy()))
+                self.buffer_of[name] = f"constant{index}"
+
+        def forward(self, images: torch.Tensor) -> torch.Tensor:
+            values = {name: getattr(self, buffer) for name, buffer in self.buffer_of.items()}
+            values[self.input_name] = images
+            for function, input_names, output_names in self.steps:
+                result = function(*(values[name] for name in input_names))
+                if len(output_names) == 1:
+                    values[output_names[0]] = result
+                else:
+                    values.update(zip(output_names, result, strict=True))
+            return values[self.output_name]
+
+    return OnnxGraphModule

@@ -1,0 +1,95 @@
+"""From the `detections` tensor to boxes: thresholding, class-aware NMS, and agreement scores."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass
+class Boxes:
+    """Detections of one image: xyxy boxes normalized to the input, scores, class ids."""
+
+    xyxy: np.ndarray  # [n, 4]
+    scores: np.ndarray  # [n]
+    classes: np.ndarray  # [n]
+
+    def __len__(self) -> int:
+        return len(self.scores)
+
+
+def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Pairwise IoU of xyxy boxes a [n, 4] and b [m, 4]."""
+    top_left = np.maximum(a[:, None, :2], b[None, :, :2])
+    bottom_right = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    intersection = np.clip(bottom_right - top_left, 0, None).prod(axis=2)
+    area_a = (a[:, 2:] - a[:, :2]).clip(0).prod(axis=1)
+    area_b = (b[:, 2:] - b[:, :2]).clip(0).prod(axis=1)
+    union = area_a[:, None] + area_b[None, :] - intersection
+    return np.where(union > 0, intersection / np.where(union > 0, union, 1), 0.0)
+
+
+def _nms(xyxy: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+    order = np.argsort(-scores, kind="stable")
+    keep = []
+    while order.size:
+        best = order[0]
+        keep.append(best)
+        if order.size == 1:
+            break
+        overlaps = iou_matrix(xyxy[best : best + 1], xyxy[order[1:]])[0]
+        order = order[1:][overlaps <= iou_threshold]
+    return np.array(keep, dtype=np.int64)
+
+
+def decode(
+    detections: np.ndarray, score_threshold: float = 0.25, iou_threshold: float = 0.45, max_boxes: int = 300
+) -> Boxes:
+    """One image's rows [boxes, 5 + classes] -> boxes after class-aware NMS.
+
+    A box's score for a class is objectness x class probability, as Darknet scores them; every
+    class over the threshold gives a candidate, and NMS runs per class.
+    """
+    rows = np.asarray(detections, dtype=np.float32)
+    scores = rows[:, 4:5] * rows[:, 5:]
+    box_index, class_index = np.nonzero(scores > score_threshold)
+    candidate_scores = scores[box_index, class_index]
+    centre, size = rows[box_index, :2], rows[box_index, 2:4]
+    xyxy = np.concatenate([centre - size / 2, centre + size / 2], axis=1)
+    kept = []
+    for cls in np.unique(class_index):
+        members = np.nonzero(class_index == cls)[0]
+        kept.extend(members[_nms(xyxy[members], candidate_scores[members], iou_threshold)])
+    kept = np.array(sorted(kept, key=lambda i: -candidate_scores[i])[:max_boxes], dtype=np.int64)
+    return Boxes(xyxy[kept].reshape(-1, 4), candidate_scores[kept], class_index[kept])
+
+
+def match(reference: Boxes, candidate: Boxes, iou_threshold: float = 0.5) -> int:
+    """How many candidate boxes match a distinct reference box of the same class (greedy by score)."""
+    if not len(reference) or not len(candidate):
+        return 0
+    ious = iou_matrix(candidate.xyxy, reference.xyxy)
+    ious[candidate.classes[:, None] != reference.classes[None, :]] = 0
+    taken = np.zeros(len(reference), dtype=bool)
+    matched = 0
+    for row in np.argsort(-candidate.scores, kind="stable"):
+        overlaps = np.where(taken, 0, ious[row])
+        best = int(np.argmax(overlaps))
+        if overlaps[best] >= iou_threshold:
+            taken[best] = True
+            matched += 1
+    return matched
+
+
+def agreement(reference: list[Boxes], candidate: list[Boxes], iou_threshold: float = 0.5) -> dict[str, float]:
+    """Precision and recall of `candidate` taking `reference`'s boxes as ground truth."""
+    matched = sum(match(r, c, iou_threshold) for r, c in zip(reference, candidate, strict=True))
+    reference_count = sum(len(r) for r in reference)
+    candidate_count = sum(len(c) for c in candidate)
+    return {
+        "reference_boxes": reference_count,
+        "boxes": candidate_count,
+        "precision": matched / candidate_count if candidate_count else float(reference_count == 0),
+        "recall": matched / reference_count if reference_count else float(candidate_count == 0),
+    }
