@@ -12,6 +12,7 @@ from yoloforge.darknet.cfg import load_cfg
 from yoloforge.darknet.synthetic import synthetic_params
 from yoloforge.darknet.weights import WeightsHeader, write_weights
 from yoloforge.images import BUNDLED_PHOTOS, _bundled_photo, generated_scene, letterbox
+from yoloforge.provenance import read_provenance
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
@@ -30,8 +31,8 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory) -> Path:
     """The official yolov3-tiny weights: the workflow's fetched copy, or fetched now."""
-    fetched = ROOT / "resources" / "weights" / "yolov3-tiny.fetched.weights"
-    if fetched.exists():
+    fetched = ROOT / "resources" / "weights" / "yolov3-tiny.weights"
+    if fetched.exists() and read_provenance(fetched).get("sha256") == TINY_SHA256:
         return fetched
     output = tmp_path_factory.mktemp("weights") / "yolov3-tiny.weights"
     result = run_cli(

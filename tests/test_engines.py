@@ -12,6 +12,7 @@ from yoloforge.backends.base import sidecar_path
 from yoloforge.darknet.convert import convert
 from yoloforge.device import fingerprint_id
 from yoloforge.errors import YoloforgeError
+from yoloforge.images import image_paths
 from yoloforge.timing import TimingBudget, measure, summarize
 
 
@@ -56,6 +57,42 @@ def test_engine_agrees_with_the_onnx_reference(engine, tiny_onnx, tiny_weights, 
     np.testing.assert_allclose(detections[..., :5], reference[..., :5], atol=TOLERANCE)
     scores = detections[..., 5:] * detections[..., 4:5]
     np.testing.assert_allclose(scores, reference[..., 5:] * reference[..., 4:5], atol=TOLERANCE)
+
+
+@pytest.fixture(scope="module")
+def image_folders(tmp_path_factory):
+    """Real photos to check on; generated scenes to calibrate on (never the checked images)."""
+    from yoloforge.datasets import write_substitute_set
+
+    check = tmp_path_factory.mktemp("check")
+    calibration = tmp_path_factory.mktemp("calibration")
+    write_substitute_set(check, 6, calibration=False)
+    write_substitute_set(calibration, 8, calibration=True)
+    return image_paths(check), image_paths(calibration)
+
+
+@pytest.mark.parametrize(
+    ("engine", "precision"),
+    [("onnxruntime", "fp16"), ("onnxruntime", "int8"), ("openvino", "fp32"), ("openvino", "int8")],
+)
+def test_precisions_report_their_agreement(
+    engine, precision, tiny_onnx, tiny_weights, image_folders, tmp_path
+):
+    check_images, calibration = image_folders
+    request = BuildRequest(
+        onnx=tiny_onnx,
+        precision=precision,
+        batch=1,
+        output=tmp_path / "e.engine",
+        calibration=calibration,
+        check_images=check_images,
+    )
+    check = get_backend(engine).build(request)["check"]
+    print(f"{engine} {precision}: {check}")
+    assert check["non_finite_values"] == 0 and check["images"] == 4
+    if precision == "fp32":
+        assert check["max_abs_error_boxes"] < TOLERANCE and check["max_abs_error_scores"] < TOLERANCE
+    assert 0 <= check["recall"] <= 1 and 0 <= check["precision"] <= 1
 
 
 def test_engine_from_another_device_is_refused(tiny_onnx, tiny_weights, tmp_path):

@@ -169,20 +169,21 @@ def output_check(request: BuildRequest, load: Callable[[], Runner]) -> dict[str,
         import onnxruntime
     except ImportError:
         return {"skipped": "onnxruntime, the reference, is not installed"}
-    images = calibration_batches(
-        replace(request, calibration=request.check_images[:CHECK_IMAGES]), request.batch
-    )[0]
+    # At least CHECK_IMAGES images, in batches of the engine's own (possibly fixed) batch size.
+    count = max(CHECK_IMAGES, request.batch)
+    batches = calibration_batches(replace(request, calibration=request.check_images[:count]), request.batch)
+    batches = [batch for batch in batches if len(batch) == request.batch]
     session = onnxruntime.InferenceSession(os.fspath(request.onnx), providers=["CPUExecutionProvider"])
-    reference = session.run(None, {"images": images})[0]
+    reference = np.concatenate([session.run(None, {"images": batch})[0] for batch in batches])
     runner = load()
-    detections = np.asarray(runner.infer(images), dtype=np.float32)
+    detections = np.concatenate([np.asarray(runner.infer(batch), dtype=np.float32) for batch in batches])
     runner.synchronize()
     finite = np.isfinite(detections)
     boxes_error = np.abs(np.where(finite, detections, 0)[..., :5] - reference[..., :5]).max()
     scores = detections[..., 5:] * detections[..., 4:5]
     scores_error = np.abs(np.nan_to_num(scores) - reference[..., 5:] * reference[..., 4:5]).max()
     return {
-        "images": len(images),
+        "images": len(detections),
         "max_abs_error_boxes": float(boxes_error),
         "max_abs_error_scores": float(scores_error),
         "non_finite_values": int((~finite).sum()),
