@@ -29,8 +29,9 @@ rule build:
         "logs/build/{fingerprint}/{engine}/{model}-{size}-{precision}-b{batch}.log",
     conda:
         "../envs/engines.yaml"
+    # Builds that time kernels on the device (TensorRT tactics, Inductor autotuning) get it alone.
     resources:
-        gpu=1,
+        gpu=lambda wc: int(wc.engine in ("tensorrt", "torch-aoti")),
     params:
         options=engine_options,
     shell:
