@@ -57,7 +57,6 @@ class Runner(ABC):
 class Backend(ABC):
     name: str
     precisions: tuple[str, ...]
-    device_kind: str = "cpu"
 
     def unavailable_reason(self, precision: str = "fp32") -> str | None:
         """None when this backend can run `precision` here, else why not (a missing library, say)."""

@@ -33,7 +33,6 @@ class _TrtRunner(Runner):
 class TensorRtBackend(Backend):
     name = "tensorrt"
     precisions = ("fp32", "fp16", "bf16", "int8")
-    device_kind = "cuda"
 
     def unavailable_reason(self, precision: str = "fp32") -> str | None:
         try:
