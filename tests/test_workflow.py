@@ -173,5 +173,8 @@ def test_strict_offline_stops_before_any_engine(offline_default, tmp_path):
     result = offline_default("--config", "strict=True", "--keep-going")
     assert result.returncode != 0
     assert not (tmp_path / "results" / "engines").exists()
-    log = (tmp_path / "logs" / "fetch" / "yolov3-weights.log").read_text()
-    assert "every source failed" in log and "synthetic: refused, strict mode allows no fallback" in log
+    # Whichever fallback is reached first (synthetic weights, substitute images, an engine that cannot
+    # run here) stops the run, naming strict mode.
+    logs = "".join(path.read_text() for path in (tmp_path / "logs").rglob("*.log"))
+    messages = result.stdout + result.stderr + logs
+    assert "strict mode allows no" in messages or "strict: tensorrt" in messages
