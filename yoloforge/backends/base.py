@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from yoloforge.device import fingerprint_id
+from yoloforge.device import cpu_fingerprint, fingerprint_id
 from yoloforge.errors import YoloforgeError
 from yoloforge.files import atomic_output, sha256_file, write_json
 
@@ -65,8 +65,9 @@ class Backend(ABC):
     @abstractmethod
     def library_versions(self) -> dict[str, str]: ...
 
-    @abstractmethod
-    def device_fingerprint(self) -> dict[str, Any]: ...
+    def device_fingerprint(self) -> dict[str, Any]:
+        """What an engine is valid on; CPU engines: the CPU and the engine library's version."""
+        return {**cpu_fingerprint(), **self.library_versions()}
 
     @abstractmethod
     def _build(self, request: BuildRequest) -> dict[str, Any]:

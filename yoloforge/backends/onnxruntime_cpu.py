@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from yoloforge.backends.base import Backend, BuildRequest, Runner, calibration_batches
-from yoloforge.device import cpu_fingerprint, cpu_threads
+from yoloforge.device import cpu_threads
 
 
 class _OrtRunner(Runner):
@@ -51,9 +51,6 @@ class OnnxRuntimeBackend(Backend):
         import onnxruntime
 
         return {"onnxruntime": onnxruntime.__version__}
-
-    def device_fingerprint(self) -> dict[str, Any]:
-        return {**cpu_fingerprint(), **self.library_versions()}
 
     def _session(self, model: str | bytes, optimized_path: Path | None = None):
         import onnxruntime

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from yoloforge.backends.base import Backend, BuildRequest, Runner
-from yoloforge.device import cpu_fingerprint, cpu_threads
+from yoloforge.device import cpu_threads
 from yoloforge.errors import YoloforgeError
 from yoloforge.files import sha256_file
 
@@ -61,9 +61,6 @@ class OpenCvDarknetBackend(Backend):
         import cv2
 
         return {"opencv": cv2.__version__}
-
-    def device_fingerprint(self) -> dict[str, Any]:
-        return {**cpu_fingerprint(), **self.library_versions()}
 
     def _build(self, request: BuildRequest) -> dict[str, Any]:
         if request.cfg is None or request.weights is None:

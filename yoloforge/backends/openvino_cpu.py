@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from yoloforge.backends.base import Backend, BuildRequest, Runner, calibration_batches
-from yoloforge.device import cpu_fingerprint, cpu_threads
+from yoloforge.device import cpu_threads
 
 INFERENCE_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
 
@@ -52,9 +52,6 @@ class OpenVinoBackend(Backend):
         import openvino
 
         return {"openvino": openvino.get_version()}
-
-    def device_fingerprint(self) -> dict[str, Any]:
-        return {**cpu_fingerprint(), **self.library_versions()}
 
     def _config(self, precision: str) -> dict[str, str]:
         return {
