@@ -6,7 +6,11 @@ checkpoint device:
     conda:
         "../envs/engines.yaml"
     params:
-        engines=" ".join(f"--engine {engine}" for engine in config["engines"]),
+        engines=" ".join(
+            f"--engine {engine}"
+            for engine, precisions in config["engines"].items()
+            if precisions
+        ),
         precisions=" ".join(
             f"--precision {p}"
             for p in sorted({p for ps in config["engines"].values() for p in ps})
@@ -31,7 +35,7 @@ rule build:
         "../envs/engines.yaml"
     # Builds that time kernels on the device (TensorRT tactics, Inductor autotuning) get it alone.
     resources:
-        gpu=lambda wc: int(wc.engine in ("tensorrt", "torch-aoti")),
+        gpu=build_times_kernels,
     params:
         options=engine_options,
     shell:

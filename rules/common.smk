@@ -36,6 +36,17 @@ def engine_options(wildcards):
     )
 
 
+def build_times_kernels(wildcards):
+    """1 for builds that time kernels on the device, so they never overlap one another."""
+    if wildcards.engine == "tensorrt":
+        return 1
+    options = config.get("engine_options", {}).get(wildcards.engine, {})
+    return int(
+        wildcards.engine == "torch-aoti"
+        and str(options.get("max_autotune", True)).lower() == "true"
+    )
+
+
 def table_rows(wildcards):
     """One timing result per configured row; a row this machine cannot run is marked unavailable.
 
