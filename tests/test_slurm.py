@@ -76,10 +76,9 @@ def test_slurm_run_submits_every_job_and_matches_local_run(cluster, tmp_path):
         str(ROOT / "workflow" / "profiles" / "slurm"),
         "--cores",
         "2",
-        # No accounting database on the test cluster: status from squeue, no account to guess.
+        # No accounting database on the test cluster: job states come from squeue.
         "--slurm-status-command",
         "squeue",
-        "--slurm-no-account",
         "--slurm-init-seconds-before-status-checks",
         "1",
     )
@@ -138,3 +137,5 @@ def test_slurm_run_submits_every_job_and_matches_local_run(cluster, tmp_path):
         local_table[ROW_KEY].sort_values(ROW_KEY).reset_index(drop=True),
     )
     assert (slurm_table["median_ms"] > 0).all()
+    # Each target's speedups are against its own baseline.
+    assert (slurm_table.loc[slurm_table["engine"] == "opencv-darknet", "speedup"] == 1).all()
