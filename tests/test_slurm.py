@@ -1,7 +1,7 @@
-"""The workflow through a real Slurm (a single-node cluster on 127.0.0.1), against a local run.
+"""Two targets: run locally, and through a real Slurm (a single-node cluster on 127.0.0.1).
 
-Needs root and Debian's slurm-wlm and munge; skipped otherwise, unless YOLOFORGE_REQUIRE_SLURM is
-set (CI), where a cluster that cannot start is a failure.
+The Slurm test needs root and Debian's slurm-wlm and munge; it is skipped otherwise, unless
+YOLOFORGE_REQUIRE_SLURM is set (CI), where a cluster that cannot start is a failure.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def cluster(tmp_path_factory, request):
 
 
 def tiny_config(workdir):
-    workdir.mkdir()
+    workdir.mkdir(parents=True)
     config = {
         "models": {
             "net": {
@@ -66,10 +66,35 @@ def _time(text: str) -> datetime:
     return datetime.fromisoformat(text)
 
 
-def test_slurm_run_submits_every_job_and_matches_local_run(cluster, tmp_path):
-    local_dir, slurm_dir = tiny_config(tmp_path / "local"), tiny_config(tmp_path / "slurm")
-    local = snakemake(local_dir, "--cores", "2")
-    assert local.returncode == 0, local.stderr[-3000:]
+def assert_two_targets(workdir):
+    """One engine folder and one row set per target."""
+    engines = workdir / "results" / "engines"
+    assert sorted(path.name for path in engines.iterdir()) == sorted(TARGETS)
+    for target in TARGETS:
+        assert len(list((engines / target).rglob("*.engine"))) == len(ENGINES)
+    table = pd.read_csv(workdir / "results" / "benchmark.csv")
+    assert sorted(table["target"]) == sorted(list(TARGETS) * len(ENGINES))
+    assert (table["median_ms"] > 0).all()
+    # Each target's speedups are against its own baseline.
+    assert (table.loc[table["engine"] == "opencv-darknet", "speedup"] == 1).all()
+    return table
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory):
+    """The same config run by the local executor (the default profile)."""
+    workdir = tiny_config(tmp_path_factory.mktemp("local") / "run")
+    result = snakemake(workdir, "--cores", "2")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return workdir
+
+
+def test_two_targets_run_locally_into_two_engine_folders_and_row_sets(local_run):
+    assert_two_targets(local_run)
+
+
+def test_slurm_run_submits_every_job_and_matches_local_run(cluster, local_run, tmp_path):
+    slurm_dir = tiny_config(tmp_path / "slurm")
     slurm = snakemake(
         slurm_dir,
         "--workflow-profile",
@@ -122,20 +147,11 @@ def test_slurm_run_submits_every_job_and_matches_local_run(cluster, tmp_path):
         for before, after in zip(gpu_jobs, gpu_jobs[1:], strict=False)
     )
 
-    # Two targets, two engine folders and two row sets, the same rows as the local run's.
-    for workdir in (local_dir, slurm_dir):
-        engines = workdir / "results" / "engines"
-        assert sorted(path.name for path in engines.iterdir()) == sorted(TARGETS)
-        for target in TARGETS:
-            assert len(list((engines / target).rglob("*.engine"))) == len(ENGINES)
-    local_table = pd.read_csv(local_dir / "results" / "benchmark.csv")
-    slurm_table = pd.read_csv(slurm_dir / "results" / "benchmark.csv")
+    # Two engine folders and two row sets, the same rows and columns as the local run's.
+    slurm_table = assert_two_targets(slurm_dir)
+    local_table = pd.read_csv(local_run / "results" / "benchmark.csv")
     assert list(slurm_table.columns) == list(local_table.columns)
-    assert len(slurm_table) == len(TARGETS) * len(ENGINES)
     pd.testing.assert_frame_equal(
         slurm_table[ROW_KEY].sort_values(ROW_KEY).reset_index(drop=True),
         local_table[ROW_KEY].sort_values(ROW_KEY).reset_index(drop=True),
     )
-    assert (slurm_table["median_ms"] > 0).all()
-    # Each target's speedups are against its own baseline.
-    assert (slurm_table.loc[slurm_table["engine"] == "opencv-darknet", "speedup"] == 1).all()
