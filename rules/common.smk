@@ -29,7 +29,9 @@ def target_resources():
     A setting one target has and another lacks is None there, which Snakemake leaves unset.
     """
     names = {
-        name for t in config["targets"].values() for name in t.get("resources", {})
+        name
+        for target in config["targets"].values()
+        for name in target.get("resources", {})
     }
     return {
         name: lambda wc, name=name: config["targets"][wc.target]
