@@ -1,9 +1,11 @@
 """A single-node Slurm cluster on 127.0.0.1 for workflow tests: munged, slurmctld and slurmd.
 
-The node declares one GPU through gres (a count, no device file), so Slurm schedules GPU requests
-exactly as on a GPU node, on a machine without one. No accounting database: job records stay in
-slurmctld for MinJobAge seconds, which is what `scontrol show job` and the executor plugin's
-squeue status checks read. Needs root (the daemons run as root) and Debian's slurm-wlm and munge.
+The node declares one GPU through gres (with /dev/null as its device file), so Slurm schedules GPU
+requests exactly as on a GPU node, on a machine without one. No accounting database: job records
+stay in slurmctld for MinJobAge seconds, which is what `scontrol show job` and the executor
+plugin's squeue status checks read. Needs root (the daemons run as root), Debian's slurm-wlm and
+munge, and no other Slurm configured here: the cluster's slurm.conf is linked to the default path
+while it runs.
 """
 
 from __future__ import annotations
@@ -110,7 +112,7 @@ class SlurmCluster:
         key.chmod(0o400)
         (self.root / "munge").chmod(0o700)
         self.conf.write_text(slurm_conf(self.root))
-        # A GPU needs a device file; /dev/null stands in for one.
+        # Slurm drops a GPU without a device file; /dev/null stands in for one.
         (self.root / "gres.conf").write_text(f"NodeName={NODE} Name=gpu File=/dev/null\n")
         DEFAULT_CONF.parent.mkdir(parents=True, exist_ok=True)
         DEFAULT_CONF.symlink_to(self.conf)
