@@ -1,17 +1,20 @@
 rule bench:
     input:
-        engine="results/engines/{fingerprint}/{engine}/{model}-{size}-{precision}-b{batch}.engine",
-        sidecar="results/engines/{fingerprint}/{engine}/{model}-{size}-{precision}-b{batch}.engine.json",
+        engine="results/engines/{target}/{fingerprint}/{engine}/{model}-{size}-{precision}-b{batch}.engine",
+        sidecar="results/engines/{target}/{fingerprint}/{engine}/{model}-{size}-{precision}-b{batch}.engine.json",
         images="resources/images",
     output:
-        "results/bench/{fingerprint}/{model}-{size}/{engine}-{precision}-b{batch}.json",
+        "results/bench/{target}/{fingerprint}/{model}-{size}/{engine}-{precision}-b{batch}.json",
     log:
-        "logs/bench/{fingerprint}/{model}-{size}/{engine}-{precision}-b{batch}.log",
+        "logs/bench/{target}/{fingerprint}/{model}-{size}/{engine}-{precision}-b{batch}.log",
+    group:
+        "engine"
     conda:
         "../envs/engines.yaml"
     # All cores and the one device: timing never shares the machine with another job.
     threads: workflow.cores
     resources:
+        **target_resources(),
         gpu=1,
     params:
         timing=config["timing"],
@@ -20,19 +23,19 @@ rule bench:
         " --engine-file {input.engine} --model {wildcards.model} --images {input.images}"
         " --batch {wildcards.batch} --warmup-seconds {params.timing[warmup_seconds]}"
         " --seconds {params.timing[seconds]} --min-iterations {params.timing[min_iterations]}"
-        " --output {output} > {log} 2>&1"
+        " --target {wildcards.target} --output {output} > {log} 2>&1"
 
 
 rule unavailable:
     input:
-        device="results/device.json",
+        device="results/device/{target}.json",
     output:
-        "results/unavailable/{model}-{size}/{engine}-{precision}-b{batch}.json",
+        "results/unavailable/{target}/{model}-{size}/{engine}-{precision}-b{batch}.json",
     log:
-        "logs/unavailable/{model}-{size}/{engine}-{precision}-b{batch}.log",
+        "logs/unavailable/{target}/{model}-{size}/{engine}-{precision}-b{batch}.log",
     conda:
         "../envs/core.yaml"
     shell:
         "python -m yoloforge unavailable --device {input.device} --model {wildcards.model}"
         " --size {wildcards.size} --engine {wildcards.engine} --precision {wildcards.precision}"
-        " --batch {wildcards.batch} --output {output} > {log} 2>&1"
+        " --batch {wildcards.batch} --target {wildcards.target} --output {output} > {log} 2>&1"

@@ -1,10 +1,14 @@
+# Run on the target itself: the fingerprint is measured where the engines will run.
 checkpoint device:
     output:
-        "results/device.json",
+        "results/device/{target}.json",
     log:
-        "logs/device.log",
+        "logs/device/{target}.log",
     conda:
         "../envs/engines.yaml"
+    resources:
+        **target_resources(),
+        gpu=1,
     params:
         engines=" ".join(
             f"--engine {engine}"
@@ -27,14 +31,18 @@ rule build:
         calibration="resources/calibration",
         images="resources/images",
     output:
-        engine="results/engines/{fingerprint}/{engine}/{model}-{size}-{precision}-b{batch}.engine",
-        sidecar="results/engines/{fingerprint}/{engine}/{model}-{size}-{precision}-b{batch}.engine.json",
+        engine="results/engines/{target}/{fingerprint}/{engine}/{model}-{size}-{precision}-b{batch}.engine",
+        sidecar="results/engines/{target}/{fingerprint}/{engine}/{model}-{size}-{precision}-b{batch}.engine.json",
     log:
-        "logs/build/{fingerprint}/{engine}/{model}-{size}-{precision}-b{batch}.log",
+        "logs/build/{target}/{fingerprint}/{engine}/{model}-{size}-{precision}-b{batch}.log",
+    # On a cluster, one job builds an engine and times it, on the same node.
+    group:
+        "engine"
     conda:
         "../envs/engines.yaml"
     # Builds that time kernels on the device (TensorRT tactics, Inductor autotuning) get it alone.
     resources:
+        **target_resources(),
         gpu=build_times_kernels,
     params:
         options=engine_options,

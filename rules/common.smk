@@ -17,9 +17,28 @@ wildcard_constraints:
     precision="fp32|fp16|bf16|int8",
     batch=r"\d+",
     fingerprint=r"[a-z0-9-]+",
+    target="|".join(config["targets"]),
 
 
 STRICT = "--strict" if config.get("strict") else ""
+
+
+def target_resources():
+    """Each target's scheduler settings, as resources of the jobs that must run on it.
+
+    A setting one target has and another lacks is None there, which Snakemake leaves unset.
+    """
+    names = {
+        name
+        for target in config["targets"].values()
+        for name in target.get("resources", {})
+    }
+    return {
+        name: lambda wc, name=name: config["targets"][wc.target]
+        .get("resources", {})
+        .get(name)
+        for name in sorted(names)
+    }
 
 
 def asset_args(asset):
@@ -48,12 +67,16 @@ def build_times_kernels(wildcards):
 
 
 def table_rows(wildcards):
-    """One timing result per configured row; a row this machine cannot run is marked unavailable.
+    """One timing result per configured row and target; a row a target cannot run is marked unavailable.
 
     Engine folders are named by each engine's device fingerprint, which the `device` checkpoint
-    measures on the machine that runs the jobs.
+    measures by a job on the target itself.
     """
-    with open(checkpoints.device.get().output[0]) as handle:
+    return [row for target in config["targets"] for row in target_rows(target)]
+
+
+def target_rows(target):
+    with open(checkpoints.device.get(target=target).output[0]) as handle:
         probe = json.load(handle)["engines"]
     rows = []
     for model, spec in config["models"].items():
@@ -63,12 +86,12 @@ def table_rows(wildcards):
                     reason = probe[engine]["precisions"][precision]
                     if reason and config.get("strict"):
                         raise ValueError(
-                            f"strict: {engine} {precision} cannot run here: {reason}"
+                            f"strict: {engine} {precision} cannot run on {target}: {reason}"
                         )
                     folder = (
-                        "results/unavailable"
+                        f"results/unavailable/{target}"
                         if reason
-                        else f"results/bench/{probe[engine]['id']}"
+                        else f"results/bench/{target}/{probe[engine]['id']}"
                     )
                     rows += [
                         f"{folder}/{model}-{size}/{engine}-{precision}-b{batch}.json"

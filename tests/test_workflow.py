@@ -92,6 +92,8 @@ def test_tiny_config_runs_end_to_end_and_reruns_nothing(workdir):
         ({"batches": [0]}, "minimum"),
         ({"colour": "red"}, "Additional properties"),
         ({"timing": {"warmup_seconds": 0, "seconds": -1, "min_iterations": 2}}, "minimum"),
+        ({"targets": {"a100": {"resources": {"gpu": 2}}}}, "'gpu' should not be valid"),
+        ({"targets": {"A100": {}}}, "does not match"),
     ],
 )
 def test_bad_config_is_rejected_before_any_job(workdir, change, message):

@@ -145,6 +145,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
         "precision": sidecar["precision"],
         "batch": args.batch,
         "scope": "model",
+        "target": args.target,
         "threads": cpu_threads(),
         **summarize(latencies, args.batch),
         "latencies_ms": latencies.round(4).tolist(),
@@ -185,6 +186,7 @@ def cmd_unavailable(args: argparse.Namespace) -> None:
             "precision": args.precision,
             "batch": args.batch,
             "scope": "model",
+            "target": args.target,
             "unavailable": probe["precisions"][args.precision] or "unknown",
         },
     )
@@ -292,6 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--warmup-seconds", type=_non_negative_float, default=1.0)
     bench.add_argument("--seconds", type=_non_negative_float, default=5.0)
     bench.add_argument("--min-iterations", type=_positive_int, default=3)
+    bench.add_argument("--target", default="local", help="the configured target this runs on")
     bench.add_argument("--output", required=True)
     bench.set_defaults(func=cmd_bench)
 
@@ -302,6 +305,7 @@ def build_parser() -> argparse.ArgumentParser:
     unavailable.add_argument("--engine", required=True)
     unavailable.add_argument("--precision", required=True)
     unavailable.add_argument("--batch", type=_positive_int, required=True)
+    unavailable.add_argument("--target", default="local", help="the configured target")
     unavailable.add_argument("--output", required=True)
     unavailable.set_defaults(func=cmd_unavailable)
 

@@ -13,7 +13,7 @@ from yoloforge.errors import YoloforgeError
 from yoloforge.files import atomic_output
 
 BASELINE_ENGINE = "opencv-darknet"  # the article's unoptimized Darknet row
-KEY = ["model", "width", "height", "batch", "scope"]
+KEY = ["model", "width", "height", "batch", "scope", "target"]
 COLUMNS = [
     *KEY[:3],
     "engine",
@@ -62,7 +62,7 @@ def build_table(result_files: list[str | os.PathLike]) -> pd.DataFrame:
     )
     table = table.join(baseline, on=KEY)
     table["speedup"] = table["baseline_ms_per_image"] / table["ms_per_image"]
-    return table[COLUMNS].sort_values(["model", "width", "height", "batch", "engine", "precision"])
+    return table[COLUMNS].sort_values(["target", "model", "width", "height", "batch", "engine", "precision"])
 
 
 def write_table(table: pd.DataFrame, output: str | os.PathLike) -> None:
