@@ -54,36 +54,6 @@ class _TorchRunner(Runner):
         with torch.inference_mode():
             return self.model(prepared)
 
-    def capture_graph(self, image_shape: tuple[int, ...]) -> None:
-        """Record one call as a CUDA graph; `run` then replays it on a copy of its input.
-
-        A fixed-shape engine at batch 1 spends more time launching its ~100 kernels than running
-        them; a replay launches them all at once.
-        """
-        import torch
-
-        static_input = torch.rand((self.batch, *image_shape), device=self.device).to(self.dtype)
-        if self.channels_last:
-            static_input = static_input.contiguous(memory_format=torch.channels_last)
-        model = self.model
-        # Warm-up on a side stream, as capture requires: lazy initialization stays out of the graph.
-        side = torch.cuda.Stream(self.device)
-        side.wait_stream(torch.cuda.current_stream(self.device))
-        with torch.inference_mode(), torch.cuda.stream(side):
-            for _ in range(3):
-                model(static_input)
-        torch.cuda.current_stream(self.device).wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.inference_mode(), torch.cuda.graph(graph):
-            static_output = model(static_input)
-
-        def replay(prepared):
-            static_input.copy_(prepared)
-            graph.replay()
-            return static_output
-
-        self.model = replay
-
     def infer(self, images: np.ndarray) -> np.ndarray:
         return self.run(self.prepare(images)).float().cpu().numpy()
 
@@ -207,14 +177,7 @@ class TorchAotiBackend(_TorchBackend):
             package = Path(scratch) / "engine.pt2"
             aoti_compile_and_package(exported, package_path=str(package), inductor_configs=configs)
             shutil.copyfile(package, request.output)
-        return {
-            **flags,
-            "export": "torch.export, fixed batch",
-            "inductor_configs": configs,
-            "image_shape": list(module.image_shape),
-            # The shape is fixed, so on a GPU the whole forward pass replays as one CUDA graph.
-            "cuda_graph": flags["device"] == "cuda",
-        }
+        return {**flags, "export": "torch.export, fixed batch", "inductor_configs": configs}
 
     def _load(self, engine: Path, sidecar: dict[str, Any]) -> Runner:
         from torch._inductor import aoti_load_package
@@ -226,7 +189,4 @@ class TorchAotiBackend(_TorchBackend):
         with tempfile.TemporaryDirectory() as scratch:
             link = Path(scratch) / "engine.pt2"
             link.symlink_to(Path(engine).resolve())
-            runner = _TorchRunner(aoti_load_package(str(link)), flags)
-        if flags.get("cuda_graph"):
-            runner.capture_graph(tuple(flags["image_shape"]))
-        return runner
+            return _TorchRunner(aoti_load_package(str(link)), flags)
