@@ -20,3 +20,4 @@ include: "rules/report.smk"
 rule all:
     input:
         "results/benchmark.csv",
+        "results/report.html",
