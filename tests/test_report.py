@@ -297,3 +297,18 @@ def test_report_loads_in_chromium_without_errors(runs, table_files, tmp_path):
     assert errors == []
     assert shown["rows"] == len(ENGINES) * len(BATCHES) * 2
     assert shown["plots"] == [[plot, True] for plot in plots]
+
+
+def test_bad_inputs_are_one_line_errors(runs, tmp_path):
+    from tests.conftest import run_cli
+
+    _, results = runs
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"model": MODEL, "scope": "model", "median_ms": 1.0}))
+    table = run_cli("table", "--output", str(tmp_path / "t.csv"), str(old))
+    assert table.returncode == 2 and f"{old}: timing result has no scopes" in table.stderr
+    assert not (tmp_path / "t.csv").exists()
+    other = tmp_path / "other.csv"
+    other.write_text("a,b\n1,2\n")
+    compare = run_cli("compare", f"{results['a'][0]}.json", str(other))
+    assert compare.returncode == 2 and compare.stderr.count("\n") == 1

@@ -228,7 +228,7 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
     comparison = compare_tables(read_table(args.first), read_table(args.second))
     if comparison.empty:
-        raise YoloforgeError(f"no row is timed in both {args.first} and", args.second)
+        raise YoloforgeError(f"no row is timed both here and in {args.first}", args.second)
     text = f"A: {args.first}\nB: {args.second}\n\n{markdown_table(comparison)}"
     sys.stdout.write(text)
     if args.output:
