@@ -130,7 +130,7 @@ def distribution_plot(latencies: pd.DataFrame) -> str:
     keys = ["model", "width", "height", "engine", "precision", "batch"]
     labels = sorted({_label(row, with_batch=True) for _, row in latencies[keys].drop_duplicates().iterrows()})
     figure, axes = plt.subplots(
-        1, len(scopes), figsize=(6 * len(scopes), 1.2 + 0.35 * len(labels)), squeeze=False
+        1, len(scopes), figsize=(6 * len(scopes), 1.2 + 0.35 * len(labels)), squeeze=False, sharey=True
     )
     for axis, scope in zip(axes[0], scopes, strict=True):
         part = latencies[latencies["scope"] == scope]
@@ -138,13 +138,19 @@ def distribution_plot(latencies: pd.DataFrame) -> str:
             _label(dict(zip(keys, key, strict=True)), True): g["latency_ms"] for key, g in part.groupby(keys)
         }
         present = [label for label in labels if label in series]
-        axis.boxplot([series[label] for label in present], orientation="horizontal", whis=(1, 99), sym=".")
-        axis.set_yticks(range(1, len(present) + 1), present if axis is axes[0][0] else [""] * len(present))
-        axis.invert_yaxis()
+        axis.boxplot(
+            [series[label] for label in present],
+            positions=[labels.index(label) for label in present],
+            orientation="horizontal",
+            whis=(1, 99),
+            sym=".",
+        )
         axis.set_xscale("log")
         axis.set_title(scope)
         axis.set_xlabel("ms per iteration (box p25-p75, whiskers p1-p99)")
         axis.grid(axis="x", alpha=0.3)
+    axes[0][0].set_yticks(range(len(labels)), labels)
+    axes[0][0].invert_yaxis()
     return _svg(figure)
 
 
