@@ -171,9 +171,9 @@ def test_default_config_completes_offline_on_fallbacks(offline_default, tmp_path
     table = pd.read_csv(tmp_path / "results" / "benchmark.csv")
     config = yaml.safe_load((ROOT / "config.yaml").read_text())
     model_sizes = sum(len(spec["sizes"]) for spec in config["models"].values())
-    assert len(table) == model_sizes * sum(len(p) for p in config["engines"].values()) * len(
-        config["batches"]
-    )
+    rows = model_sizes * sum(len(p) for p in config["engines"].values()) * len(config["batches"])
+    assert len(table) == rows * 2  # scopes: model, end-to-end
+    assert (tmp_path / "results" / "report.html").exists()
     timed = table[table["unavailable"].isna()]
     assert set(timed["weights_source"]) == {"synthetic"}
     assert set(timed["images_source"]) == {"substitute"}

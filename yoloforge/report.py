@@ -88,7 +88,9 @@ def latency_plot(timed: pd.DataFrame) -> str:
         ]
         groups[f"{scope} (batch {batch})"] = medians
         errors[f"{scope} (batch {batch})"] = [low, high]
-    return _svg(_barh(labels, groups, "ms per image (p50; whiskers p10-p90)", errors))
+    figure = _barh(labels, groups, "ms per image (p50; whiskers p10-p90; log scale)", errors)
+    figure.axes[0].set_xscale("log")  # engines differ by orders of magnitude
+    return _svg(figure)
 
 
 def speedup_plot(timed: pd.DataFrame) -> str:
@@ -228,8 +230,9 @@ def write_report(
         "<h1>yoloforge benchmark</h1>",
         f'<p class="note">{html.escape(provenance)}</p>',
         "<h2>Comparison table</h2>",
-        '<p class="note">p50 is the median over every timed iteration; p10-p90 is the spread a rerun'
-        " on the same machine stays within. Speedup: ms per image of the device's baseline"
+        '<p class="note">p50 is the median over every timed iteration; p10-p90 is the spread of this'
+        " run's iterations, which a rerun's p50 stays within only if the machine is as quiet as it was"
+        " (compare runs with <code>yoloforge compare</code>). Speedup: ms per image of the device's baseline"
         " (opencv-darknet fp32 on a CPU, torch-eager fp32 on a GPU) over the row's. The full table,"
         " with every column, is benchmark.csv.</p>",
         summary_table(table).to_html(index=False, table_id="benchmark-table", na_rep="", escape=True),

@@ -229,7 +229,9 @@ def summary_table(table: pd.DataFrame) -> pd.DataFrame:
     ]
     cells["accuracy"] = [_accuracy_cell(row) for _, row in table.iterrows()]
     unavailable = table["unavailable"].notna()
-    cells.loc[unavailable, "median_ms"] = "unavailable: " + table.loc[unavailable, "unavailable"].astype(str)
+    # The reason's first clause; the CSV has all of it.
+    reasons = table.loc[unavailable, "unavailable"].astype(str).str.split(" [(;]", n=1, regex=True).str[0]
+    cells.loc[unavailable, "median_ms"] = "unavailable: " + reasons
     return cells[list(SUMMARY)].rename(columns=SUMMARY)
 
 
