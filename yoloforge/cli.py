@@ -354,7 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--accuracy",
         nargs="+",
         default=[],
-        help="accuracy JSON files, joined on model, size, engine, precision",
+        help="accuracy JSON files, joined on model, size, engine and precision"
+        " (after the results, or end with --)",
     )
     table.add_argument("--checkout", default=".", help="the workflow's checkout, for its git commit")
     table.add_argument("--config-sha256", default="unknown", help="sha256 of the workflow's config")
