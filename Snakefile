@@ -20,5 +20,6 @@ include: "rules/report.smk"
 rule all:
     input:
         "results/benchmark.csv",
+        "results/report.html",
         # Asked for here as well, so that every target's probe starts at once.
         expand("results/device/{target}.json", target=config["targets"]),

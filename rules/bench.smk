@@ -3,8 +3,10 @@ rule bench:
         engine="results/engines/{target}/{fingerprint}/{engine}/{model}-{size}-{precision}-b{batch}.engine",
         sidecar="results/engines/{target}/{fingerprint}/{engine}/{model}-{size}-{precision}-b{batch}.engine.json",
         images="resources/images",
+        onnx="results/onnx/{model}-{size}.onnx",
     output:
-        "results/bench/{target}/{fingerprint}/{model}-{size}/{engine}-{precision}-b{batch}.json",
+        summary="results/bench/{target}/{fingerprint}/{model}-{size}/{engine}-{precision}-b{batch}.json",
+        latencies="results/bench/{target}/{fingerprint}/{model}-{size}/{engine}-{precision}-b{batch}.parquet",
     log:
         "logs/bench/{target}/{fingerprint}/{model}-{size}/{engine}-{precision}-b{batch}.log",
     group:
@@ -23,7 +25,8 @@ rule bench:
         " --engine-file {input.engine} --model {wildcards.model} --images {input.images}"
         " --batch {wildcards.batch} --warmup-seconds {params.timing[warmup_seconds]}"
         " --seconds {params.timing[seconds]} --min-iterations {params.timing[min_iterations]}"
-        " --target {wildcards.target} --output {output} > {log} 2>&1"
+        " --target {wildcards.target} --onnx {input.onnx} --output {output.summary}"
+        " --latencies {output.latencies} > {log} 2>&1"
 
 
 rule unavailable:

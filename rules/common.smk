@@ -1,4 +1,5 @@
 # Names and paths derived from config; nothing here touches files or devices.
+import hashlib
 import json
 
 # Every rule runs the yoloforge package of the workflow's own checkout, whatever is installed.
@@ -98,3 +99,18 @@ def target_rows(target):
                         for batch in config["batches"]
                     ]
     return rows
+
+
+def bench_latencies(wildcards):
+    """The per-iteration latency file of every timed row (rows that could not run have none)."""
+    return [
+        row.removesuffix(".json") + ".parquet"
+        for row in table_rows(wildcards)
+        if row.startswith("results/bench/")
+    ]
+
+
+def config_sha256():
+    """sha256 of the config as this run sees it (after --config overrides), as canonical JSON."""
+    text = json.dumps(config, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()

@@ -1,20 +1,51 @@
 localrules:
     table,
     unavailable,
+    report,
 
 
 rule table:
     input:
         table_rows,
     output:
-        report(
+        csv=report(
             "results/benchmark.csv",
             caption="../workflow/report/benchmark.rst",
+            category="Results",
+        ),
+        parquet="results/benchmark.parquet",
+        markdown=report(
+            "results/benchmark.md",
+            caption="../workflow/report/benchmark-md.rst",
             category="Results",
         ),
     log:
         "logs/table.log",
     conda:
         "../envs/core.yaml"
+    params:
+        checkout=workflow.basedir,
+        config_sha256=config_sha256(),
     shell:
-        "python -m yoloforge table --output {output} {input} > {log} 2>&1"
+        "python -m yoloforge table --output {output.csv} --parquet {output.parquet}"
+        " --markdown {output.markdown} --checkout {params.checkout}"
+        " --config-sha256 {params.config_sha256} {input} > {log} 2>&1"
+
+
+rule report:
+    input:
+        table="results/benchmark.parquet",
+        latencies=bench_latencies,
+    output:
+        report(
+            "results/report.html",
+            caption="../workflow/report/report.rst",
+            category="Results",
+        ),
+    log:
+        "logs/report.log",
+    conda:
+        "../envs/core.yaml"
+    shell:
+        "python -m yoloforge report --table {input.table} --output {output}"
+        " {input.latencies} > {log} 2>&1"

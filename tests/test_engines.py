@@ -1,5 +1,4 @@
 import json
-import time
 
 import numpy as np
 import onnxruntime as ort
@@ -7,13 +6,12 @@ import pytest
 
 from tests.conftest import MODELS, real_photo_batch
 from tests.reference import TOLERANCE, onnx_detections
-from yoloforge.backends import BuildRequest, Runner, get_backend, read_sidecar
+from yoloforge.backends import BuildRequest, get_backend, read_sidecar
 from yoloforge.backends.base import sidecar_path
 from yoloforge.darknet.convert import convert
 from yoloforge.device import fingerprint_id
 from yoloforge.errors import YoloforgeError
 from yoloforge.images import image_paths
-from yoloforge.timing import TimingBudget, measure, summarize
 
 
 @pytest.fixture(scope="module")
@@ -127,29 +125,3 @@ def test_unknown_precision_is_refused(tiny_onnx, tmp_path):
     request = BuildRequest(onnx=tiny_onnx, precision="int4", batch=1, output=tmp_path / "x.engine")
     with pytest.raises(YoloforgeError, match="onnxruntime has no int4 mode"):
         get_backend("onnxruntime").build(request)
-
-
-class SleepingRunner(Runner):
-    def __init__(self, seconds: float) -> None:
-        self.seconds = seconds
-        self.seen: list[int] = []
-
-    def infer(self, images: np.ndarray) -> np.ndarray:
-        self.seen.append(id(images))
-        time.sleep(self.seconds)
-        return images
-
-
-def test_harness_measures_a_known_latency():
-    runner = SleepingRunner(0.02)
-    batches = [np.zeros((1, 3, 4, 4), np.float32) + i for i in range(3)]
-    latencies = measure(runner, batches, TimingBudget(warmup_seconds=0.05, seconds=0.5, min_iterations=5))
-    summary = summarize(latencies, batch=1)
-    assert summary["median_ms"] == pytest.approx(20, rel=0.05)
-    assert summary["iterations"] >= 5
-    assert len(set(runner.seen)) == 3  # inputs rotate over every batch
-
-
-def test_harness_respects_the_minimum_count_on_a_slow_device():
-    latencies = measure(SleepingRunner(0.05), [np.zeros(1)], TimingBudget(0, seconds=0.01, min_iterations=4))
-    assert latencies.size == 4

@@ -73,7 +73,9 @@ def assert_two_targets(workdir):
     for target in TARGETS:
         assert len(list((engines / target).rglob("*.engine"))) == len(ENGINES)
     table = pd.read_csv(workdir / "results" / "benchmark.csv")
-    assert sorted(table["target"]) == sorted(list(TARGETS) * len(ENGINES))
+    scopes = sorted(set(table["scope"]))
+    assert scopes == ["end-to-end", "model"]
+    assert sorted(table["target"]) == sorted(list(TARGETS) * len(ENGINES) * len(scopes))
     assert (table["median_ms"] > 0).all()
     # Each target's speedups are against its own baseline.
     assert (table.loc[table["engine"] == "opencv-darknet", "speedup"] == 1).all()
@@ -120,6 +122,7 @@ def test_slurm_run_submits_every_job_and_matches_local_run(cluster, local_run, t
         "fetch_weights",
         "images",
         "table",
+        "report",
         "all",
     }
     # One device probe per target, on it; each engine built and timed in one job, per target.

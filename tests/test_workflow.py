@@ -63,9 +63,17 @@ def workdir(tmp_path, synthetic_weights):
 def test_tiny_config_runs_end_to_end_and_reruns_nothing(workdir):
     result = snakemake(workdir, "--cores", "2")
     assert result.returncode == 0, result.stderr[-3000:]
-    table = pd.read_csv(workdir / "results" / "benchmark.csv")
-    assert len(table) == 3 * 3 * 2  # model sizes x engines x batches
+    results = workdir / "results"
+    table = pd.read_csv(results / "benchmark.csv")
+    assert len(table) == 3 * 3 * 2 * 2  # model sizes x engines x batches x scopes
     assert set(table["engine"]) == {"onnxruntime", "opencv-darknet", "tensorrt"}
+    assert table.groupby("scope").size().to_dict() == {"end-to-end": 18, "model": 18}
+    pd.testing.assert_frame_equal(
+        pd.read_parquet(results / "benchmark.parquet"), table, check_dtype=False, rtol=1e-3
+    )
+    assert (results / "benchmark.md").read_text().count("\n") == len(table) + 2
+    assert "<svg" in (results / "report.html").read_text()
+    assert len(list((results / "bench").rglob("*.parquet"))) == 3 * 2 * 2  # timed sizes x engines x batches
     # Not installable here: its rows say why, instead of failing the workflow.
     tensorrt = table[table["engine"] == "tensorrt"]
     assert tensorrt["unavailable"].str.contains("tensorrt is not installed").all()
@@ -78,10 +86,20 @@ def test_tiny_config_runs_end_to_end_and_reruns_nothing(workdir):
     assert sources["fetched-net"].endswith("local.weights")
     assert set(table.loc[table["model"] == "fetched-net", "width"]) == {64, 96}
     assert set(table["images_source"]) == {"substitute"}
+    end_to_end = table[table["scope"] == "end-to-end"]
+    stages = end_to_end.filter(like="stage_")
+    assert (stages > 0).all().all() and (stages.sum(axis=1) <= end_to_end["median_ms"] * 1.2).all()
+    assert table[table["scope"] == "model"].filter(like="stage_").isna().all().all()
+    assert (table["achieved_tflops"] > 0).all() and (table["gflops_per_image"] > 0).all()
+    assert set(table["device_kind"]) == {"cpu"} and table["git_commit"].str.len().eq(40).all()
+    assert table["config_sha256"].str.fullmatch("[0-9a-f]{64}").all()
 
     again = snakemake(workdir, "--cores", "2")
     assert again.returncode == 0
     assert "Nothing to be done" in again.stdout + again.stderr
+    report = snakemake(workdir, "--report", str(workdir / "snakemake-report.zip"))
+    assert report.returncode == 0, report.stderr[-3000:]
+    assert (workdir / "snakemake-report.zip").stat().st_size > 0
 
 
 @pytest.mark.parametrize(
@@ -155,9 +173,9 @@ def test_default_config_completes_offline_on_fallbacks(offline_default, tmp_path
     table = pd.read_csv(tmp_path / "results" / "benchmark.csv")
     config = yaml.safe_load((ROOT / "config.yaml").read_text())
     model_sizes = sum(len(spec["sizes"]) for spec in config["models"].values())
-    assert len(table) == model_sizes * sum(len(p) for p in config["engines"].values()) * len(
-        config["batches"]
-    )
+    rows = model_sizes * sum(len(p) for p in config["engines"].values()) * len(config["batches"])
+    assert len(table) == rows * 2  # scopes: model, end-to-end
+    assert (tmp_path / "results" / "report.html").exists()
     timed = table[table["unavailable"].isna()]
     assert set(timed["weights_source"]) == {"synthetic"}
     assert set(timed["images_source"]) == {"substitute"}

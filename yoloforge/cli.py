@@ -127,16 +127,19 @@ def cmd_bench(args: argparse.Namespace) -> None:
     from yoloforge.datasets import image_set_source
     from yoloforge.device import cpu_threads
     from yoloforge.files import write_json
+    from yoloforge.flops import onnx_flops_per_image
     from yoloforge.images import image_paths, preprocessed_batches
-    from yoloforge.timing import TimingBudget, measure, summarize
+    from yoloforge.timing import TimingBudget, bench_scopes
 
     backend = get_backend(args.engine)
     sidecar = read_sidecar(args.engine_file)
     runner = backend.load(args.engine_file)
     width, height = int(sidecar["model"]["width"]), int(sidecar["model"]["height"])
-    batches = preprocessed_batches(image_paths(args.images), width, height, args.batch, args.rotate)
+    paths = image_paths(args.images)[: args.batch * args.rotate]
+    batches = preprocessed_batches(paths, width, height, args.batch, args.rotate)
+    encoded = [path.read_bytes() for path in paths]  # read before timing: file I/O is not timed
     budget = TimingBudget(args.warmup_seconds, args.seconds, args.min_iterations)
-    latencies = measure(runner, batches, budget)
+    scopes, latencies = bench_scopes(runner, batches, encoded, width, height, args.batch, budget)
     result = {
         "model": args.model,
         "width": width,
@@ -144,28 +147,39 @@ def cmd_bench(args: argparse.Namespace) -> None:
         "engine": args.engine,
         "precision": sidecar["precision"],
         "batch": args.batch,
-        "scope": "model",
         "target": args.target,
         "threads": cpu_threads(),
-        **summarize(latencies, args.batch),
-        "latencies_ms": latencies.round(4).tolist(),
+        "scopes": scopes,
+        "flops_per_image": onnx_flops_per_image(args.onnx) if args.onnx else None,
         "build_seconds": sidecar["build_seconds"],
         "engine_bytes": sidecar["engine_bytes"],
         "weights_source": sidecar["model"].get("weights_source", "unknown"),
         "images_source": image_set_source(args.images),
+        "image_formats": sorted({path.suffix.lower().lstrip(".") for path in paths}),
         "device": sidecar["device"],
         "libraries": sidecar["libraries"],
     }
+    if args.latencies:
+        from yoloforge.files import atomic_output
+
+        for key in ("model", "width", "height", "engine", "precision", "batch"):
+            latencies[key] = result[key]
+        with atomic_output(args.latencies) as tmp:
+            latencies.to_parquet(tmp, index=False)
     write_json(args.output, result)
-    log.info(
-        "%s %s %s b%d: median %.2f ms over %d iterations",
-        args.model,
-        args.engine,
-        result["precision"],
-        args.batch,
-        result["median_ms"],
-        result["iterations"],
-    )
+    for scope in scopes:
+        log.info(
+            "%s %s %s b%d %s: median %.2f ms (p10 %.2f, p90 %.2f) over %d iterations",
+            args.model,
+            args.engine,
+            result["precision"],
+            args.batch,
+            scope["scope"],
+            scope["median_ms"],
+            scope["p10_ms"],
+            scope["p90_ms"],
+            scope["iterations"],
+        )
 
 
 def cmd_unavailable(args: argparse.Namespace) -> None:
@@ -173,6 +187,7 @@ def cmd_unavailable(args: argparse.Namespace) -> None:
 
     from yoloforge.darknet.convert import parse_size
     from yoloforge.files import write_json
+    from yoloforge.timing import SCOPES
 
     probe = json.loads(Path(args.device).read_text())["engines"][args.engine]
     width, height = parse_size(args.size)
@@ -185,7 +200,7 @@ def cmd_unavailable(args: argparse.Namespace) -> None:
             "engine": args.engine,
             "precision": args.precision,
             "batch": args.batch,
-            "scope": "model",
+            "scopes": [{"scope": scope} for scope in SCOPES],
             "target": args.target,
             "unavailable": probe["precisions"][args.precision] or "unknown",
         },
@@ -193,10 +208,34 @@ def cmd_unavailable(args: argparse.Namespace) -> None:
 
 
 def cmd_table(args: argparse.Namespace) -> None:
-    from yoloforge.table import build_table, write_table
+    from yoloforge.table import build_table, checkout_state, write_table
 
-    write_table(build_table(args.results), args.output)
-    log.info("wrote %s from %d results", args.output, len(args.results))
+    provenance = {**checkout_state(args.checkout), "config_sha256": args.config_sha256}
+    table = build_table(args.results, args.accuracy, provenance)
+    write_table(table, args.output, args.parquet, args.markdown)
+    log.info("wrote %s from %d results (%d rows)", args.output, len(args.results), len(table))
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from yoloforge.report import write_report
+    from yoloforge.table import read_table
+
+    plots = write_report(read_table(args.table), args.latencies, args.output)
+    log.info("wrote %s with plots %s", args.output, ", ".join(plots))
+
+
+def cmd_compare(args: argparse.Namespace) -> None:
+    from yoloforge.files import atomic_output
+    from yoloforge.table import compare_tables, markdown_table, read_table
+
+    comparison = compare_tables(read_table(args.first), read_table(args.second))
+    if comparison.empty:
+        raise YoloforgeError(f"no row is timed both here and in {args.first}", args.second)
+    text = f"A: {args.first}\nB: {args.second}\n\n{markdown_table(comparison)}"
+    sys.stdout.write(text)
+    if args.output:
+        with atomic_output(args.output) as tmp:
+            tmp.write_text(text)
 
 
 def cmd_device(args: argparse.Namespace) -> None:
@@ -295,7 +334,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seconds", type=_non_negative_float, default=5.0)
     bench.add_argument("--min-iterations", type=_positive_int, default=3)
     bench.add_argument("--target", default="local", help="the configured target this runs on")
+    bench.add_argument("--onnx", help="the ONNX file the engine was built from, to count FLOPs")
     bench.add_argument("--output", required=True)
+    bench.add_argument("--latencies", help="write every iteration's latencies here (Parquet)")
     bench.set_defaults(func=cmd_bench)
 
     unavailable = commands.add_parser("unavailable", help="the table row of an engine that cannot run here")
@@ -310,9 +351,32 @@ def build_parser() -> argparse.ArgumentParser:
     unavailable.set_defaults(func=cmd_unavailable)
 
     table = commands.add_parser("table", help="collect timing results into the comparison table")
-    table.add_argument("--output", required=True)
+    table.add_argument("--output", required=True, help="the table as CSV")
+    table.add_argument("--parquet", help="also write it as Parquet")
+    table.add_argument("--markdown", help="also write its summary columns as a markdown table")
+    table.add_argument(
+        "--accuracy",
+        nargs="+",
+        default=[],
+        help="accuracy JSON files, joined on model, size, engine and precision"
+        " (after the results, or end with --)",
+    )
+    table.add_argument("--checkout", default=".", help="the workflow's checkout, for its git commit")
+    table.add_argument("--config-sha256", default="unknown", help="sha256 of the workflow's config")
     table.add_argument("results", nargs="+")
     table.set_defaults(func=cmd_table)
+
+    report = commands.add_parser("report", help="the HTML report: the table and its plots, self-contained")
+    report.add_argument("--table", required=True, help="the table (Parquet or CSV)")
+    report.add_argument("--output", required=True)
+    report.add_argument("latencies", nargs="*", help="per-iteration latency Parquet files of `bench`")
+    report.set_defaults(func=cmd_report)
+
+    compare = commands.add_parser("compare", help="two benchmark tables side by side, with ratios")
+    compare.add_argument("first", help="run A: benchmark.csv or .parquet")
+    compare.add_argument("second", help="run B")
+    compare.add_argument("--output", help="also write the markdown table here")
+    compare.set_defaults(func=cmd_compare)
 
     device = commands.add_parser("device", help="which engines and precisions run here, with fingerprints")
     device.add_argument("--engine", action="append", help="default: every engine")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 
@@ -55,6 +56,15 @@ def load_rgb(path: str | os.PathLike) -> np.ndarray:
             return np.asarray(image.convert("RGB"))
     except (UnidentifiedImageError, OSError) as error:
         raise YoloforgeError(f"not a readable image ({error.__class__.__name__})", path) from None
+
+
+def decode_rgb(data: bytes, name: str = "image bytes") -> np.ndarray:
+    """An encoded image (JPEG, PNG, anything Pillow reads) held in memory -> RGB uint8 [H, W, 3]."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return np.asarray(image.convert("RGB"))
+    except (UnidentifiedImageError, OSError) as error:
+        raise YoloforgeError(f"not a readable image ({error.__class__.__name__})", name) from None
 
 
 def letterbox(image: np.ndarray, width: int, height: int) -> np.ndarray:

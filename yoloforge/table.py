@@ -4,67 +4,306 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from yoloforge.device import fingerprint_id
 from yoloforge.errors import YoloforgeError
 from yoloforge.files import atomic_output
+from yoloforge.timing import STAGES
 
-BASELINE_ENGINE = "opencv-darknet"  # the article's unoptimized Darknet row
-KEY = ["model", "width", "height", "batch", "scope", "target"]
+# The unoptimized reference each row is compared with, by the kind of device it ran on: the
+# article's Darknet (OpenCV DNN reads cfg + weights) on a CPU, PyTorch eager on a GPU.
+BASELINES = {"cpu": ("opencv-darknet", "fp32"), "cuda": ("torch-eager", "fp32")}
+ROW = ["target", "model", "width", "height", "engine", "precision", "batch", "scope"]
+ACCURACY_KEY = ["model", "width", "height", "engine", "precision"]
+STAGE_COLUMNS = [f"stage_{stage}_ms" for stage in STAGES]
+# Accuracy JSON keys that would collide with timing columns get this prefix.
+ACCURACY_RENAMED = {"batch", "images", "images_source", "reference"}
+ACCURACY_COLUMNS = [
+    "accuracy_batch",
+    "accuracy_images",
+    "accuracy_images_source",
+    "accuracy_reference",
+    "coco_map50_95",
+    "coco_map50",
+    "agreement_precision",
+    "agreement_recall",
+    "agreement_map50",
+    "non_finite_outputs",
+    "accuracy_gate",
+]
 COLUMNS = [
-    *KEY[:3],
-    "engine",
-    "precision",
-    *KEY[3:],
+    *ROW,
     "iterations",
     "median_ms",
     "mean_ms",
     "std_ms",
     "min_ms",
+    "p10_ms",
     "p90_ms",
+    "p99_ms",
+    *STAGE_COLUMNS,
     "ms_per_image",
     "images_per_second",
+    "baseline",
     "speedup",
+    "gflops_per_image",
+    "achieved_tflops",
     "build_seconds",
     "engine_bytes",
     "threads",
+    *ACCURACY_COLUMNS,
+    "device",
+    "device_kind",
+    "device_name",
+    "libraries",
+    "git_commit",
+    "git_dirty",
+    "config_sha256",
     "weights_source",
     "images_source",
-    "device",
-    "libraries",
+    "image_formats",
     "unavailable",
 ]
 
 
-def build_table(result_files: list[str | os.PathLike]) -> pd.DataFrame:
+def _read_json(path: str | os.PathLike, what: str) -> dict[str, Any]:
+    try:
+        record = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise YoloforgeError(f"unreadable {what}: {error}", path) from None
+    if not isinstance(record, dict):
+        raise YoloforgeError(f"{what} is not a JSON object", path)
+    return record
+
+
+def _timing_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """A bench (or unavailable) JSON -> one row per scope it holds."""
+    record = _read_json(path, "timing result")
+    scopes = record.pop("scopes", None)
+    if not scopes:
+        raise YoloforgeError("timing result has no scopes (written by an older yoloforge?)", path)
+    device = record.pop("device", None)
+    if device:
+        record["device"] = fingerprint_id(device)
+        record["device_kind"] = device.get("kind")
+        record["device_name"] = device.get("name")
+        record["libraries"] = " ".join(f"{k}={v}" for k, v in sorted(record.pop("libraries", {}).items()))
+    flops = record.pop("flops_per_image", None)
+    record["gflops_per_image"] = flops / 1e9 if flops else None
+    if isinstance(record.get("image_formats"), list):
+        record["image_formats"] = " ".join(record["image_formats"])
+    return [{**record, **scope} for scope in scopes]
+
+
+def _accuracy_rows(files: list[str | os.PathLike]) -> pd.DataFrame:
     rows = []
-    for path in result_files:
+    for path in files:
+        record = _read_json(path, "accuracy result")
+        missing = [key for key in ACCURACY_KEY if key not in record]
+        if missing:
+            raise YoloforgeError(f"accuracy result lacks {', '.join(missing)}", path)
+        rows.append({(f"accuracy_{k}" if k in ACCURACY_RENAMED else k): v for k, v in record.items()})
+    frame = pd.DataFrame(rows, columns=[*ACCURACY_KEY, *ACCURACY_COLUMNS])
+    duplicated = frame.duplicated(ACCURACY_KEY)
+    if duplicated.any():
+        first = frame[duplicated].iloc[0]
+        raise YoloforgeError(
+            "two accuracy results for " + " ".join(str(first[k]) for k in ACCURACY_KEY), files[0]
+        )
+    return frame[[*ACCURACY_KEY, *ACCURACY_COLUMNS]]
+
+
+def checkout_state(directory: str | os.PathLike) -> dict[str, Any]:
+    """The git commit of a checkout and whether its tree differs from it ("unknown" outside git)."""
+
+    def git(*args: str) -> str | None:
         try:
-            record = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            raise YoloforgeError(f"unreadable timing result: {error}", path) from None
-        record.pop("latencies_ms", None)
-        if "device" in record:
-            record["device"] = fingerprint_id(record["device"])
-            record["libraries"] = " ".join(f"{k}={v}" for k, v in sorted(record["libraries"].items()))
-        rows.append(record)
-    table = pd.DataFrame(rows).reindex(
-        columns=sorted({*COLUMNS, *(k for r in rows for k in r)} - {"speedup"})
-    )
+            result = subprocess.run(
+                ["git", "-C", os.fspath(directory), *args], capture_output=True, text=True, timeout=60
+            )
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return result.stdout.strip() if result.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    if commit is None:
+        return {"git_commit": "unknown", "git_dirty": None}
+    return {"git_commit": commit, "git_dirty": bool(git("status", "--porcelain"))}
+
+
+def build_table(
+    result_files: list[str | os.PathLike],
+    accuracy_files: list[str | os.PathLike] = (),
+    provenance: dict[str, Any] | None = None,
+) -> pd.DataFrame:
+    """Timing results (and optionally accuracy results) -> the comparison table.
+
+    `provenance` (git_commit, git_dirty, config_sha256) is the same for every row.
+    """
+    rows = [row for path in result_files for row in _timing_rows(path)]
+    table = pd.DataFrame(rows).reindex(columns=COLUMNS)
+    for key, value in (provenance or {}).items():
+        table[key] = value
+    if accuracy_files:
+        accuracy = _accuracy_rows(list(accuracy_files))
+        table = table.drop(columns=ACCURACY_COLUMNS).merge(accuracy, on=ACCURACY_KEY, how="left")
     table["ms_per_image"] = table["median_ms"] / table["batch"]
+    table["achieved_tflops"] = table["gflops_per_image"] * table["images_per_second"] / 1e3
+    table["baseline"] = table["device_kind"].map(lambda kind: " ".join(BASELINES.get(kind, ())) or None)
+    same_device = ["target", "model", "width", "height", "batch", "scope", "device_kind", "device_name"]
+    is_baseline = pd.Series(
+        [
+            BASELINES.get(kind) == (engine, precision)
+            for kind, engine, precision in zip(
+                table["device_kind"], table["engine"], table["precision"], strict=True
+            )
+        ],
+        index=table.index,
+        dtype=bool,
+    )
     baseline = (
-        table[table["engine"] == BASELINE_ENGINE]
-        .set_index(KEY)["ms_per_image"]
+        table[is_baseline & table["median_ms"].notna()]
+        .drop_duplicates(same_device)
+        .set_index(same_device)["ms_per_image"]
         .rename("baseline_ms_per_image")
     )
-    table = table.join(baseline, on=KEY)
+    table = table.join(baseline, on=same_device)
     table["speedup"] = table["baseline_ms_per_image"] / table["ms_per_image"]
-    return table[COLUMNS].sort_values(["target", "model", "width", "height", "batch", "engine", "precision"])
+    return (
+        table[COLUMNS]
+        .sort_values(["target", "model", "width", "height", "batch", "scope", "engine", "precision"])
+        .reset_index(drop=True)
+    )
 
 
-def write_table(table: pd.DataFrame, output: str | os.PathLike) -> None:
+# The columns of the readable (markdown, report) table, with their headers.
+SUMMARY = {
+    "model": "model",
+    "size": "size",
+    "engine": "engine",
+    "precision": "precision",
+    "batch": "batch",
+    "scope": "scope",
+    "median_ms": "p50 ms",
+    "spread": "p10-p90 ms",
+    "ms_per_image": "ms/img",
+    "images_per_second": "img/s",
+    "speedup": "speedup",
+    "achieved_tflops": "TFLOP/s",
+    "pre_post": "decode+pre / post ms",
+    "accuracy": "accuracy",
+    "device_name": "device",
+}
+
+
+def _number(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return ""
+    if isinstance(value, float):
+        return f"{value:.{digits}g}" if abs(value) < 10**digits else f"{value:.0f}"
+    return str(value)
+
+
+def summary_table(table: pd.DataFrame) -> pd.DataFrame:
+    """The comparison table as text cells, the columns people read first."""
+    cells = pd.DataFrame(index=table.index)
+    for column in ("model", "engine", "precision", "batch", "scope", "device_name"):
+        cells[column] = table[column].map(_number)
+    cells["size"] = [f"{w}x{h}" for w, h in zip(table["width"], table["height"], strict=True)]
+    for column in ("median_ms", "ms_per_image", "images_per_second", "speedup", "achieved_tflops"):
+        cells[column] = table[column].map(_number)
+    cells["spread"] = [
+        f"{_number(low)}-{_number(high)}" if low == low else ""
+        for low, high in zip(table["p10_ms"], table["p90_ms"], strict=True)
+    ]
+    cells["pre_post"] = [
+        f"{_number(decode + pre)} / {_number(post)}" if post == post else ""
+        for decode, pre, post in zip(
+            table["stage_decode_ms"], table["stage_preprocess_ms"], table["stage_postprocess_ms"], strict=True
+        )
+    ]
+    cells["accuracy"] = [_accuracy_cell(row) for _, row in table.iterrows()]
+    unavailable = table["unavailable"].notna()
+    # The reason's first clause; the CSV has all of it.
+    reasons = table.loc[unavailable, "unavailable"].astype(str).str.split(" [(;]", n=1, regex=True).str[0]
+    cells.loc[unavailable, "median_ms"] = "unavailable: " + reasons
+    return cells[list(SUMMARY)].rename(columns=SUMMARY)
+
+
+def _accuracy_cell(row: pd.Series) -> str:
+    if row["accuracy_gate"] != row["accuracy_gate"] or row["accuracy_gate"] is None:
+        return ""
+    if row["coco_map50_95"] == row["coco_map50_95"] and row["coco_map50_95"] is not None:
+        figure = f"mAP {_number(row['coco_map50_95'])}"
+    else:
+        figure = f"agreement mAP50 {_number(row['agreement_map50'])}"
+    return f"{figure} ({row['accuracy_gate']})"
+
+
+def markdown_table(cells: pd.DataFrame) -> str:
+    """A frame of text cells -> a GitHub markdown table."""
+
+    def line(values: list[str]) -> str:
+        return "| " + " | ".join(str(v).replace("|", "\\|") for v in values) + " |"
+
+    rows = [line(list(cells.columns)), line(["---"] * len(cells.columns))]
+    rows += [line(list(values)) for values in cells.itertuples(index=False)]
+    return "\n".join(rows) + "\n"
+
+
+def write_table(
+    table: pd.DataFrame,
+    output: str | os.PathLike,
+    parquet: str | os.PathLike | None = None,
+    markdown: str | os.PathLike | None = None,
+) -> None:
+    """The table as CSV (every column), optionally Parquet (typed) and markdown (the summary)."""
     with atomic_output(output) as tmp:
         table.to_csv(tmp, index=False, float_format="%.4g")
+    if parquet:
+        with atomic_output(parquet) as tmp:
+            table.to_parquet(tmp, index=False)
+    if markdown:
+        with atomic_output(markdown) as tmp:
+            tmp.write_text(markdown_table(summary_table(table)))
+
+
+def read_table(path: str | os.PathLike) -> pd.DataFrame:
+    """A benchmark table written by write_table (CSV or Parquet)."""
+    try:
+        table = pd.read_parquet(path) if Path(path).suffix == ".parquet" else pd.read_csv(path)
+    except (OSError, ValueError) as error:
+        raise YoloforgeError(f"unreadable benchmark table: {error}", path) from None
+    missing = [column for column in [*ROW, "median_ms"] if column not in table]
+    if missing:
+        raise YoloforgeError(f"not a benchmark table (no {', '.join(missing)} column)", path)
+    return table
+
+
+def compare_tables(first: pd.DataFrame, second: pd.DataFrame) -> pd.DataFrame:
+    """Two runs side by side (two devices, two commits): rows both timed, with B/A ratios."""
+    columns = [*ROW, "median_ms", "p10_ms", "p90_ms", "images_per_second", "device_name", "git_commit"]
+    merged = first.reindex(columns=columns).merge(
+        second.reindex(columns=columns), on=ROW, suffixes=("_a", "_b")
+    )
+    merged = merged[merged["median_ms_a"].notna() & merged["median_ms_b"].notna()]
+    cells = pd.DataFrame(index=merged.index)
+    for column in ("model", "engine", "precision", "batch", "scope"):
+        cells[column] = merged[column].map(_number)
+    cells.insert(1, "size", [f"{w}x{h}" for w, h in zip(merged["width"], merged["height"], strict=True)])
+    for run in ("a", "b"):
+        cells[f"{run.upper()} p50 ms"] = merged[f"median_ms_{run}"].map(_number)
+        cells[f"{run.upper()} p10-p90"] = [
+            f"{_number(low)}-{_number(high)}"
+            for low, high in zip(merged[f"p10_ms_{run}"], merged[f"p90_ms_{run}"], strict=True)
+        ]
+    cells["B/A latency"] = (merged["median_ms_b"] / merged["median_ms_a"]).map(lambda v: f"{v:.3f}")
+    cells["B/A img/s"] = (merged["images_per_second_b"] / merged["images_per_second_a"]).map(
+        lambda v: f"{v:.3f}"
+    )
+    return cells.reset_index(drop=True)

@@ -9,13 +9,16 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from yoloforge.device import cpu_fingerprint, fingerprint_id
 from yoloforge.errors import YoloforgeError
 from yoloforge.files import atomic_output, sha256_file, write_json
+
+if TYPE_CHECKING:
+    from yoloforge.detections import Boxes
 
 
 @dataclass
@@ -52,6 +55,33 @@ class Runner(ABC):
     def synchronize(self) -> None:
         """Wait for queued device work; host backends finish inside `infer`."""
         return None
+
+    # End-to-end stages (yoloforge.timing.STAGES), around prepare (upload) and run (inference).
+    # The defaults run on the host; a GPU runner may override preprocess to letterbox uint8
+    # images on the device (its prepare then passes device tensors through), or download and
+    # postprocess to run NMS on the device and copy back only the boxes.
+
+    def decode(self, encoded: list[bytes]) -> list[np.ndarray]:
+        """Encoded images (JPEG, PNG) -> RGB uint8 [H, W, 3] arrays."""
+        from yoloforge.images import decode_rgb
+
+        return [decode_rgb(data) for data in encoded]
+
+    def preprocess(self, images: list[np.ndarray], width: int, height: int) -> Any:
+        """RGB uint8 images -> the batch `prepare` takes: letterboxed float32 [N, 3, H, W] in [0, 1]."""
+        from yoloforge.images import letterbox
+
+        return np.stack([letterbox(image, width, height) for image in images])
+
+    def download(self, outputs: Any) -> Any:
+        """What `run` returned -> what `postprocess` takes: detections as float32 on the host."""
+        return np.asarray(outputs, dtype=np.float32)
+
+    def postprocess(self, detections: Any) -> list[Boxes]:
+        """Detections [N, boxes, 5 + classes] -> per image boxes after class-aware NMS."""
+        from yoloforge.detections import decode
+
+        return [decode(rows) for rows in detections]
 
 
 class Backend(ABC):

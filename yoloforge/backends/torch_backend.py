@@ -54,8 +54,11 @@ class _TorchRunner(Runner):
         with torch.inference_mode():
             return self.model(prepared)
 
+    def download(self, outputs) -> np.ndarray:
+        return outputs.float().cpu().numpy()
+
     def infer(self, images: np.ndarray) -> np.ndarray:
-        return self.run(self.prepare(images)).float().cpu().numpy()
+        return self.download(self.run(self.prepare(images)))
 
     def synchronize(self) -> None:
         import torch

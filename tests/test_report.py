@@ -1,0 +1,314 @@
+"""The comparison table, accuracy columns, the HTML report (in a real browser) and `compare`."""
+
+import json
+import re
+import shutil
+import socket
+import subprocess
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tests.conftest import DATA, ROOT
+from yoloforge.cli import main
+from yoloforge.darknet.convert import convert
+from yoloforge.datasets import write_image_set
+from yoloforge.errors import YoloforgeError
+from yoloforge.report import write_report
+from yoloforge.table import build_table, read_table
+
+ENGINES = ("onnxruntime", "opencv-darknet")
+BATCHES = (1, 2)
+MODEL = "every-layer"
+
+
+def _bench(folder, images, onnx, engine, batch, output):
+    engine_file = folder / f"{engine}-b{batch}.engine"
+    if not engine_file.exists():
+        cfg = DATA / "every-layer.cfg"
+        args = ["build", "--engine", engine, "--onnx", str(onnx), "--batch", str(batch)]
+        assert (
+            main(
+                [
+                    *args,
+                    "--cfg",
+                    str(cfg),
+                    "--weights",
+                    str(folder / "w.weights"),
+                    "--output",
+                    str(engine_file),
+                ]
+            )
+            == 0
+        )
+    args = ["bench", "--engine", engine, "--engine-file", str(engine_file), "--model", MODEL]
+    args += ["--images", str(images), "--batch", str(batch), "--onnx", str(onnx), "--rotate", "2"]
+    args += ["--warmup-seconds", "0", "--seconds", "0.05", "--output", f"{output}.json"]
+    assert main([*args, "--latencies", f"{output}.parquet"]) == 0
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, synthetic_weights):
+    """Two real timing runs (A and B) of two engines at two batch sizes on a tiny model."""
+    folder = tmp_path_factory.mktemp("bench")
+    shutil.copy(synthetic_weights(DATA / "every-layer.cfg", seed=2), folder / "w.weights")
+    onnx = folder / "net.onnx"
+    convert(DATA / "every-layer.cfg", folder / "w.weights", onnx, (64, 64))
+    images = folder / "images"
+    write_image_set(images, 4, "val2017", [], [], folder / "cache", strict=False)
+    results = {}
+    for run in ("a", "b"):
+        results[run] = []
+        for engine in ENGINES:
+            for batch in BATCHES:
+                output = folder / run / f"{engine}-b{batch}"
+                output.parent.mkdir(exist_ok=True)
+                _bench(folder, images, onnx, engine, batch, output)
+                results[run].append(output)
+    return folder, results
+
+
+def _accuracy(folder, engine, gate, **figures):
+    record = {
+        "model": MODEL,
+        "width": 64,
+        "height": 64,
+        "engine": engine,
+        "precision": "fp32",
+        "batch": 1,
+        "images": 4,
+        "images_source": "substitute",
+        "reference": "opencv-darknet fp32",
+        "coco_map50_95": None,
+        "coco_map50": None,
+        "agreement_precision": 0.9,
+        "agreement_recall": 0.8,
+        "agreement_map50": 0.85,
+        "non_finite_outputs": 0,
+        "accuracy_gate": gate,
+        **figures,
+    }
+    path = folder / "accuracy" / f"{engine}-fp32.json"
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps(record))
+    return path
+
+
+@pytest.fixture(scope="module")
+def accuracy_files(runs):
+    folder, _ = runs
+    return [
+        _accuracy(folder, "onnxruntime", "pass", agreement_map50=0.97),
+        _accuracy(folder, "opencv-darknet", "fail: reference of itself", agreement_map50=1.0),
+    ]
+
+
+@pytest.fixture(scope="module")
+def table_files(runs, accuracy_files):
+    folder, results = runs
+    output = folder / "table" / "benchmark.csv"
+    args = ["table", "--output", str(output), "--parquet", str(output.with_suffix(".parquet"))]
+    args += [
+        "--markdown",
+        str(output.with_suffix(".md")),
+        "--checkout",
+        str(ROOT),
+        "--config-sha256",
+        "c0ffee",
+    ]
+    args += ["--accuracy", *map(str, accuracy_files), "--", *(f"{p}.json" for p in results["a"])]
+    assert main(args) == 0
+    return output
+
+
+def test_table_has_a_row_per_scope_with_statistics_and_provenance(table_files):
+    table = read_table(table_files)
+    assert len(table) == len(ENGINES) * len(BATCHES) * 2
+    assert set(table["scope"]) == {"model", "end-to-end"}
+    for column in ("mean_ms", "std_ms", "min_ms", "median_ms", "p90_ms", "p99_ms", "images_per_second"):
+        assert table[column].notna().all(), column
+    assert (table["p10_ms"] <= table["median_ms"]).all() and (table["median_ms"] <= table["p90_ms"]).all()
+    # The device's baseline (opencv-darknet fp32 on a CPU) is 1x; everything else relative to it.
+    baseline = table[table["engine"] == "opencv-darknet"]
+    assert (baseline["speedup"] == 1).all() and set(table["baseline"]) == {"opencv-darknet fp32"}
+    merged = table.merge(baseline, on=["batch", "scope"], suffixes=("", "_base"))
+    np.testing.assert_allclose(
+        merged["speedup"], merged["ms_per_image_base"] / merged["ms_per_image"], rtol=1e-3
+    )
+    np.testing.assert_allclose(
+        table["achieved_tflops"], table["gflops_per_image"] * table["images_per_second"] / 1e3, rtol=1e-3
+    )
+    assert (table["build_seconds"] > 0).all() and (table["engine_bytes"] > 0).all()
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
+    assert set(table["git_commit"]) == {commit.strip()} and set(table["config_sha256"]) == {"c0ffee"}
+    assert set(table["image_formats"]) == {"png"} and set(table["device_kind"]) == {"cpu"}
+    assert pd.read_parquet(table_files.with_suffix(".parquet")).shape == table.shape
+
+
+def test_accuracy_columns_join_every_batch_and_scope(table_files):
+    table = read_table(table_files).set_index("engine")
+    assert (table.loc["onnxruntime", "accuracy_gate"] == "pass").all()
+    assert table.loc["opencv-darknet", "accuracy_gate"].str.startswith("fail: ").all()
+    assert (table.loc["onnxruntime", "agreement_map50"] == 0.97).all()
+    assert table["coco_map50_95"].isna().all() and (table["accuracy_images"] == 4).all()
+    assert set(table["images_source"]) == {"substitute"}  # the timing's own column is kept
+    markdown = table_files.with_suffix(".md").read_text()
+    assert markdown.count("agreement mAP50 0.97 (pass)") == len(BATCHES) * 2
+
+
+def test_table_without_accuracy_and_bad_accuracy_files(runs, tmp_path):
+    _, results = runs
+    table = build_table([f"{p}.json" for p in results["a"]])
+    assert table["accuracy_gate"].isna().all() and len(table) == len(ENGINES) * len(BATCHES) * 2
+    broken = tmp_path / "broken.json"
+    broken.write_text(json.dumps({"model": MODEL, "engine": "onnxruntime"}))
+    with pytest.raises(YoloforgeError, match="lacks width, height, precision") as error:
+        build_table([f"{results['a'][0]}.json"], [broken])
+    assert str(broken) in str(error.value)
+
+
+def test_report_holds_the_table_and_every_plot(runs, table_files, tmp_path):
+    _, results = runs
+    latencies = [f"{p}.parquet" for p in results["a"]]
+    plots = write_report(read_table(table_files), latencies, tmp_path / "report.html")
+    assert plots == ["plot-latency", "plot-speedup", "plot-batch", "plot-distribution", "plot-accuracy"]
+    text = (tmp_path / "report.html").read_text()
+    assert text.count("<svg") == len(plots)
+    assert not re.search(r"<script|<link|@import|(src|href)=\"(?!#)", text)  # nothing to fetch
+    without_accuracy = build_table([f"{p}.json" for p in results["a"]])
+    assert "plot-accuracy" not in write_report(without_accuracy, latencies, tmp_path / "plain.html")
+
+
+def test_compare_two_runs(runs, table_files, tmp_path, capsys):
+    folder, results = runs
+    second = tmp_path / "b.csv"
+    assert main(["table", "--output", str(second), *(f"{p}.json" for p in results["b"])]) == 0
+    output = tmp_path / "compare.md"
+    assert main(["compare", str(table_files), str(second), "--output", str(output)]) == 0
+    printed = capsys.readouterr().out
+    assert printed == output.read_text()
+    rows = [line for line in printed.splitlines() if line.startswith("| every-layer")]
+    assert len(rows) == len(ENGINES) * len(BATCHES) * 2
+    a, b = read_table(table_files), read_table(second)
+    first = a.iloc[0]
+    match = b[
+        (b["engine"] == first["engine"]) & (b["batch"] == first["batch"]) & (b["scope"] == first["scope"])
+    ]
+    ratio = match["median_ms"].iloc[0] / first["median_ms"]
+    assert f"| {ratio:.3f} |" in printed
+
+
+# ---- the report in a real browser --------------------------------------------------------------
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+class DevTools:
+    """A minimal Chrome DevTools protocol client over one page's websocket."""
+
+    def __init__(self, url: str) -> None:
+        import websocket
+
+        self.socket = websocket.create_connection(url, timeout=30)
+        self.next_id = 0
+        self.events: list[dict] = []
+
+    def call(self, method: str, **params) -> dict:
+        self.next_id += 1
+        self.socket.send(json.dumps({"id": self.next_id, "method": method, "params": params}))
+        while True:
+            message = json.loads(self.socket.recv())
+            if message.get("id") == self.next_id:
+                assert "error" not in message, message
+                return message.get("result", {})
+            self.events.append(message)
+
+    def wait_for(self, method: str) -> None:
+        while not any(event.get("method") == method for event in self.events):
+            self.events.append(json.loads(self.socket.recv()))
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="chromium is not installed")
+def test_report_loads_in_chromium_without_errors(runs, table_files, tmp_path):
+    pytest.importorskip("websocket")
+    import urllib.request
+
+    _, results = runs
+    report = tmp_path / "report.html"
+    plots = write_report(read_table(table_files), [f"{p}.parquet" for p in results["a"]], report)
+    port = _free_port()
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--no-first-run",
+        "--disable-background-networking",
+    ]
+    flags += ["--disable-component-update", "--disable-sync", f"--user-data-dir={tmp_path / 'profile'}"]
+    browser = subprocess.Popen(
+        [CHROMIUM, *flags, f"--remote-debugging-port={port}", "about:blank"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=2) as response:
+                    pages = [t for t in json.load(response) if t["type"] == "page"]
+                if pages:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline, "chromium's DevTools endpoint did not come up"
+            time.sleep(0.2)
+        page = DevTools(pages[0]["webSocketDebuggerUrl"])
+        for domain in ("Runtime", "Log", "Page"):
+            page.call(f"{domain}.enable")
+        page.call("Page.navigate", url=report.as_uri())
+        page.wait_for("Page.loadEventFired")
+        check = """JSON.stringify({
+            rows: document.querySelectorAll('#benchmark-table tbody tr').length,
+            plots: [...document.querySelectorAll('figure')].map(f => {
+                const box = f.querySelector('svg').getBoundingClientRect();
+                return [f.id, box.width > 100 && box.height > 100];
+            }),
+        })"""
+        shown = json.loads(page.call("Runtime.evaluate", expression=check)["result"]["value"])
+        errors = [
+            event
+            for event in page.events
+            if event.get("method") == "Runtime.exceptionThrown"
+            or (event.get("method") == "Runtime.consoleAPICalled" and event["params"]["type"] == "error")
+            or (event.get("method") == "Log.entryAdded" and event["params"]["entry"]["level"] == "error")
+        ]
+        page.socket.close()
+    finally:
+        browser.terminate()
+        browser.wait(timeout=30)
+    assert errors == []
+    assert shown["rows"] == len(ENGINES) * len(BATCHES) * 2
+    assert shown["plots"] == [[plot, True] for plot in plots]
+
+
+def test_bad_inputs_are_one_line_errors(runs, tmp_path):
+    from tests.conftest import run_cli
+
+    _, results = runs
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"model": MODEL, "scope": "model", "median_ms": 1.0}))
+    table = run_cli("table", "--output", str(tmp_path / "t.csv"), str(old))
+    assert table.returncode == 2 and f"{old}: timing result has no scopes" in table.stderr
+    assert not (tmp_path / "t.csv").exists()
+    other = tmp_path / "other.csv"
+    other.write_text("a,b\n1,2\n")
+    compare = run_cli("compare", f"{results['a'][0]}.json", str(other))
+    assert compare.returncode == 2 and compare.stderr.count("\n") == 1

@@ -1,0 +1,137 @@
+"""The timing harness measures what it claims: known delays come out where they were put."""
+
+import io
+import threading
+import time
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from yoloforge.backends import Runner
+from yoloforge.images import _bundled_photo, generated_scene
+from yoloforge.timing import STAGES, TimingBudget, bench_scopes, measure, measure_end_to_end, summarize
+
+CLASSES = 3
+
+
+class SleepingRunner(Runner):
+    """An engine that takes a known time per call and returns a few fixed detections."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.seen: list[int] = []
+
+    def infer(self, images: np.ndarray) -> np.ndarray:
+        self.seen.append(id(images))
+        time.sleep(self.seconds)
+        detections = np.zeros((len(images), 4, 5 + CLASSES), np.float32)
+        detections[:, :, :4] = [0.5, 0.5, 0.2, 0.2]
+        detections[:, :, 4:6] = 0.9  # four overlapping boxes of class 0: NMS keeps one
+        return detections
+
+
+class QueueingRunner(SleepingRunner):
+    """Like a GPU: `run` only queues the work; `synchronize` waits for it."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(seconds)
+        self.queued: threading.Thread | None = None
+
+    def run(self, prepared: np.ndarray) -> None:
+        self.queued = threading.Thread(target=self.infer, args=(prepared,))
+        self.queued.start()
+
+    def synchronize(self) -> None:
+        if self.queued:
+            self.queued.join()
+
+
+class DelayedStage(SleepingRunner):
+    """Adds a fixed delay to one end-to-end stage."""
+
+    def __init__(self, seconds: float, stage: str, delay: float) -> None:
+        super().__init__(seconds)
+        method = {"upload": "prepare", "inference": "run"}.get(stage, stage)
+        original = getattr(self, method)
+
+        def delayed(*args):
+            time.sleep(delay)
+            return original(*args)
+
+        setattr(self, method, delayed)
+
+
+@pytest.fixture(scope="module")
+def encoded_images() -> list[bytes]:
+    """A real photo as JPEG and a generated scene as PNG, as they would be read from disk."""
+    encoded = []
+    for pixels, kind in ((_bundled_photo("coffee"), "JPEG"), (generated_scene(3, 320, 240), "PNG")):
+        buffer = io.BytesIO()
+        Image.fromarray(pixels).save(buffer, kind)
+        encoded.append(buffer.getvalue())
+    return encoded
+
+
+def test_harness_measures_a_known_latency():
+    runner = SleepingRunner(0.02)
+    batches = [np.zeros((1, 3, 4, 4), np.float32) + i for i in range(3)]
+    latencies = measure(runner, batches, TimingBudget(warmup_seconds=0.05, seconds=0.5, min_iterations=5))
+    summary = summarize(latencies, batch=1)
+    assert summary["median_ms"] == pytest.approx(20, rel=0.05)
+    assert summary["iterations"] >= 5
+    assert summary["p10_ms"] <= summary["median_ms"] <= summary["p90_ms"] <= summary["p99_ms"]
+    assert len(set(runner.seen)) == 3  # inputs rotate over every batch
+
+
+def test_harness_waits_for_queued_device_work():
+    latencies = measure(QueueingRunner(0.02), [np.zeros((1, 3, 4, 4), np.float32)], TimingBudget(0, 0.3, 5))
+    assert np.median(latencies) == pytest.approx(20, rel=0.05)
+
+
+def test_harness_respects_the_minimum_counts_on_a_slow_device():
+    runner = SleepingRunner(0.05)
+    budget = TimingBudget(0, seconds=0.01, min_iterations=4, warmup_iterations=2)
+    latencies = measure(runner, [np.zeros((1, 3, 4, 4), np.float32)], budget)
+    assert latencies.size == 4 and len(runner.seen) == 2 + 4
+
+
+def test_end_to_end_covers_every_stage(encoded_images):
+    runner = SleepingRunner(0.02)
+    times = measure_end_to_end(runner, encoded_images, 64, 48, 2, TimingBudget(0, 0.3, 5))
+    assert set(times) == {"total", *STAGES}
+    stages = np.sum([times[stage] for stage in STAGES], axis=0)
+    assert np.all(stages <= times["total"]) and np.all(times["total"] - stages < 1)
+    assert np.median(times["inference"]) == pytest.approx(20, rel=0.05)
+    assert all(np.all(times[stage] > 0) for stage in STAGES)
+
+
+@pytest.fixture(scope="module")
+def undelayed(encoded_images) -> dict[str, float]:
+    times = measure_end_to_end(SleepingRunner(0.005), encoded_images, 64, 48, 2, TimingBudget(0, 0.3, 5))
+    return {name: float(np.median(values)) for name, values in times.items()}
+
+
+@pytest.mark.parametrize("stage", STAGES)
+def test_a_delay_in_one_stage_shows_in_that_stage_and_the_total(stage, encoded_images, undelayed):
+    delay_ms = 30
+    runner = DelayedStage(0.005, stage, delay_ms / 1000)
+    times = measure_end_to_end(runner, encoded_images, 64, 48, 2, TimingBudget(0, 0.3, 5))
+    medians = {name: float(np.median(values)) for name, values in times.items()}
+    assert medians[stage] - undelayed[stage] == pytest.approx(delay_ms, abs=0.15 * delay_ms)
+    assert medians["total"] - undelayed["total"] == pytest.approx(delay_ms, abs=0.25 * delay_ms)
+    for other in set(STAGES) - {stage}:
+        assert medians[other] < delay_ms / 2
+
+
+def test_both_scopes_come_with_every_iteration(encoded_images):
+    runner = SleepingRunner(0.002)
+    batches = [np.zeros((1, 3, 48, 64), np.float32)]
+    records, latencies = bench_scopes(runner, batches, encoded_images, 64, 48, 1, TimingBudget(0, 0.1, 3))
+    assert [record["scope"] for record in records] == ["model", "end-to-end"]
+    assert all(f"stage_{stage}_ms" in records[1] for stage in STAGES)
+    for record in records:
+        rows = latencies[latencies["scope"] == record["scope"]]
+        assert len(rows) == record["iterations"]
+        assert rows["latency_ms"].median() == pytest.approx(record["median_ms"])
+    assert latencies.loc[latencies["scope"] == "model", "stage_decode_ms"].isna().all()
