@@ -3,6 +3,7 @@ rule bench:
         engine="results/engines/{fingerprint}/{engine}/{model}-{size}-{precision}-b{batch}.engine",
         sidecar="results/engines/{fingerprint}/{engine}/{model}-{size}-{precision}-b{batch}.engine.json",
         images="resources/images",
+        onnx="results/onnx/{model}-{size}.onnx",
     output:
         "results/bench/{fingerprint}/{model}-{size}/{engine}-{precision}-b{batch}.json",
     log:
@@ -17,7 +18,8 @@ rule bench:
         timing=config["timing"],
     shell:
         "YOLOFORGE_THREADS={threads} python -m yoloforge bench --engine {wildcards.engine}"
-        " --engine-file {input.engine} --model {wildcards.model} --images {input.images}"
+        " --engine-file {input.engine} --onnx {input.onnx} --fingerprint {wildcards.fingerprint}"
+        " --model {wildcards.model} --images {input.images}"
         " --batch {wildcards.batch} --warmup-seconds {params.timing[warmup_seconds]}"
         " --seconds {params.timing[seconds]} --min-iterations {params.timing[min_iterations]}"
         " --output {output} > {log} 2>&1"

@@ -21,6 +21,15 @@ wildcard_constraints:
 
 STRICT = "--strict" if config.get("strict") else ""
 
+# The schema checks integer sizes; the sides of a "WIDTHxHEIGHT" size are checked here, so a
+# bad size stops the run before any job.
+for model, spec in config["models"].items():
+    for size in spec["sizes"]:
+        if any(int(side) % 32 for side in str(size).split("x")):
+            raise ValueError(
+                f"config: models: {model}: size {size} is not a multiple of 32 on each side"
+            )
+
 
 def asset_args(asset):
     """Command-line arguments of `yoloforge fetch` for one asset of the config."""

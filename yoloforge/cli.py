@@ -125,14 +125,20 @@ def cmd_build(args: argparse.Namespace) -> None:
 def cmd_bench(args: argparse.Namespace) -> None:
     from yoloforge.backends import get_backend, read_sidecar
     from yoloforge.datasets import image_set_source
-    from yoloforge.device import cpu_threads
+    from yoloforge.device import cpu_threads, fingerprint_id
     from yoloforge.files import write_json
     from yoloforge.images import image_paths, preprocessed_batches
     from yoloforge.timing import TimingBudget, measure, summarize
 
     backend = get_backend(args.engine)
     sidecar = read_sidecar(args.engine_file)
-    runner = backend.load(args.engine_file)
+    if args.fingerprint and fingerprint_id(sidecar.get("device", {})) != args.fingerprint:
+        raise YoloforgeError(
+            f"engine was built for device {fingerprint_id(sidecar.get('device', {}))}, but lies in"
+            f" the folder of {args.fingerprint}; engines are never moved between device folders",
+            args.engine_file,
+        )
+    runner = backend.load(args.engine_file, args.onnx)
     width, height = int(sidecar["model"]["width"]), int(sidecar["model"]["height"])
     batches = preprocessed_batches(image_paths(args.images), width, height, args.batch, args.rotate)
     budget = TimingBudget(args.warmup_seconds, args.seconds, args.min_iterations)
@@ -285,6 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="time one engine on the evaluation images")
     bench.add_argument("--engine", required=True)
     bench.add_argument("--engine-file", required=True)
+    bench.add_argument("--onnx", help="refuse the engine unless it was built from this ONNX file")
+    bench.add_argument("--fingerprint", help="refuse the engine unless it was built for this fingerprint id")
     bench.add_argument("--model", required=True)
     bench.add_argument("--images", required=True)
     bench.add_argument("--batch", type=_positive_int, default=1)

@@ -3,16 +3,30 @@
 from __future__ import annotations
 
 import contextlib
+import fnmatch
+import glob
 import hashlib
 import json
 import os
+import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from yoloforge.errors import YoloforgeError
+
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+
+
+# Below this many free bytes, a library's failure to write is reported as a full disk.
+DISK_FULL_BYTES = 1 << 20
+# Test hook, for killing a job at a known point: an output whose path matches this fnmatch
+# pattern waits PAUSE_SECONDS, fully written, before its rename.
+PAUSE_VARIABLE = "YOLOFORGE_PAUSE_BEFORE_RENAME"
+PAUSE_SECONDS = 60
 
 
 @contextlib.contextmanager
@@ -20,17 +34,41 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` only if the block succeeds.
 
     The temporary file lives in the same directory so the rename is atomic, and a crash or an
-    error leaves no half-written file under the final name.
+    error leaves no half-written file under the final name. Temporary files that a killed
+    earlier writer of the same output left behind are removed first. Writing errors come out
+    as a YoloforgeError naming the file.
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".{final.name}."
+    for stale in final.parent.glob(f"{glob.escape(prefix)}*.part"):
+        if "." not in stale.name[len(prefix) : -len(".part")]:  # not another output's (x.json's)
+            stale.unlink(missing_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; outputs get ordinary permissions
     try:
         yield tmp
+        pattern = os.environ.get(PAUSE_VARIABLE)
+        if pattern and fnmatch.fnmatch(os.fspath(final), pattern):
+            time.sleep(PAUSE_SECONDS)
         os.replace(tmp, final)
+    except OSError as error:
+        raise YoloforgeError(f"cannot write: {error.strerror}", error.filename or final) from None
+    except YoloforgeError:
+        raise
+    except Exception as error:
+        # Libraries that write files themselves (ONNX Runtime, say) report a full disk in their
+        # own words; the free space, measured before the partial file goes, says what happened.
+        free = shutil.disk_usage(final.parent).free
+        if free < DISK_FULL_BYTES:
+            raise YoloforgeError(
+                f"cannot write: the disk is full ({free} bytes free); the writer said:"
+                f" {error.__class__.__name__}: {error}",
+                final,
+            ) from None
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 
