@@ -23,8 +23,8 @@ os.umask(_UMASK)
 
 # Below this many free bytes, a library's failure to write is reported as a full disk.
 DISK_FULL_BYTES = 1 << 20
-# Test hook, for killing a job at a known point: an output whose path matches this fnmatch
-# pattern waits PAUSE_SECONDS, fully written, before its rename.
+# Test hook, for killing a job at a known point: an output whose absolute path matches this
+# fnmatch pattern waits PAUSE_SECONDS, fully written, before its rename.
 PAUSE_VARIABLE = "YOLOFORGE_PAUSE_BEFORE_RENAME"
 PAUSE_SECONDS = 60
 
@@ -51,7 +51,7 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp
         pattern = os.environ.get(PAUSE_VARIABLE)
-        if pattern and fnmatch.fnmatch(os.fspath(final), pattern):
+        if pattern and fnmatch.fnmatch(os.path.abspath(final), pattern):
             time.sleep(PAUSE_SECONDS)
         os.replace(tmp, final)
     except OSError as error:
