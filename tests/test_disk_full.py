@@ -22,11 +22,11 @@ from yoloforge.darknet.convert import convert
 
 @pytest.fixture
 def disk(tmp_path):
-    """A 1 MiB tmpfs, to be filled with `fill`."""
+    """A 4 MiB tmpfs, to be filled with `fill`."""
     mountpoint = tmp_path / "disk"
     mountpoint.mkdir()
     mount = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mountpoint)], capture_output=True, text=True
+        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mountpoint)], capture_output=True, text=True
     )
     if mount.returncode != 0:
         pytest.skip(f"cannot mount a small tmpfs to fill (needs root): {mount.stderr.strip()}")
@@ -42,14 +42,18 @@ def fill(disk: Path) -> None:
 
 
 def _snapshot(folder: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in folder.iterdir() if p.name != "filler"}
+    files = (p for p in folder.rglob("*") if p.is_file() and p.name != "filler")
+    return {str(p.relative_to(folder)): p.read_bytes() for p in files}
 
 
 def _assert_refused_cleanly(result, output: Path, before: dict[str, bytes]) -> None:
     assert result.returncode == 2, result.stderr
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and str(output) in lines[0] and "cannot write" in lines[0], result.stderr
-    assert _snapshot(output.parent) == before  # previous outputs intact, no .part left
+    # Logging may say what the command was doing; the error is its one last line.
+    errors = [line for line in result.stderr.splitlines() if line.startswith("yoloforge: error:")]
+    assert len(errors) == 1 and result.stderr.strip().endswith(errors[0]), result.stderr
+    assert str(output) in errors[0] and "cannot write" in errors[0], result.stderr
+    assert _snapshot(output.parent) == before  # previous outputs intact
+    assert not list(output.parent.rglob("*.part"))
 
 
 def _timing_record(engine: str, median_ms: float) -> dict:
@@ -138,3 +142,14 @@ def test_table_on_a_full_disk(disk, tmp_path):
     rows = [str(tmp_path / f"row-{index}.json") for index in range(2000)]
     result = run_cli("table", "--output", str(output), *map(str, results), *rows)
     _assert_refused_cleanly(result, output, before)
+
+
+def test_image_sets_on_a_full_disk(disk, tmp_path):
+    command = [
+        "images", "--eval-dir", str(disk / "images"), "--eval-count", "2", "--calibration-dir",
+        str(disk / "calibration"), "--calibration-count", "1", "--cache-dir", str(tmp_path / "cache"),
+    ]  # fmt: skip
+    assert run_cli(*command).returncode == 0
+    before = _snapshot(disk)
+    fill(disk)
+    _assert_refused_cleanly(run_cli(*command), disk / "images", before)

@@ -103,7 +103,7 @@ ALL_JOBS = sorted(
     + ["table", "all"]
 )
 KILL_POINTS = [
-    "resources/images/*.png",  # a directory output, left incomplete
+    "resources/images",  # a directory output
     "results/engines/*/*/*.engine",
     "results/bench/*/*/*.json",
     "results/benchmark.csv",

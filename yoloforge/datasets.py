@@ -18,7 +18,7 @@ from PIL import Image
 
 from yoloforge.errors import YoloforgeError
 from yoloforge.fetch import download, fetch
-from yoloforge.files import atomic_output, write_json
+from yoloforge.files import atomic_directory, atomic_output, write_json
 from yoloforge.images import BUNDLED_PHOTOS, _bundled_photo, generated_scene, load_rgb
 
 log = logging.getLogger(__name__)
@@ -161,11 +161,26 @@ def write_image_set(
     cache_dir: str | os.PathLike,
     strict: bool = False,
 ) -> dict[str, Any]:
-    """Fill `output_dir` with `count` images and a manifest.json saying where they came from."""
+    """Make `output_dir` hold `count` images and a manifest.json saying where they came from.
+
+    The folder is filled under a temporary name and renamed into place whole, replacing any
+    previous one: a killed run never leaves a partial image set under the final name.
+    """
     if count <= 0:
         raise YoloforgeError(f"image count must be positive, got {count}", output_dir)
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_directory(output_dir) as partial:
+        return _fill_image_set(partial, count, split, annotation_sources, image_bases, cache_dir, strict)
+
+
+def _fill_image_set(
+    output_dir: Path,
+    count: int,
+    split: str,
+    annotation_sources: list[str],
+    image_bases: list[str],
+    cache_dir: str | os.PathLike,
+    strict: bool,
+) -> dict[str, Any]:
     reason = "no COCO sources configured"
     if annotation_sources and image_bases:
         try:

@@ -50,9 +50,7 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; outputs get ordinary permissions
     try:
         yield tmp
-        pattern = os.environ.get(PAUSE_VARIABLE)
-        if pattern and fnmatch.fnmatch(os.path.abspath(final), pattern):
-            time.sleep(PAUSE_SECONDS)
+        _pause_before_rename(final)
         os.replace(tmp, final)
     except OSError as error:
         raise YoloforgeError(f"cannot write: {error.strerror}", error.filename or final) from None
@@ -71,6 +69,47 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         raise
     finally:
         tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield an empty temporary folder beside `path`; on success it replaces `path` whole.
+
+    Between the two renames of a replacement, `path` is briefly missing, never partial.
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".{final.name}."
+    for stale in final.parent.glob(f"{glob.escape(prefix)}*.part"):
+        if "." not in stale.name[len(prefix) : -len(".part")]:
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=".part", dir=final.parent))
+    os.chmod(tmp, 0o777 & ~_UMASK)
+    try:
+        yield tmp
+        _pause_before_rename(final)
+        if final.exists():
+            old = Path(tempfile.mkdtemp(prefix=prefix, suffix=".part", dir=final.parent))
+            os.replace(final, old / final.name)
+            os.replace(tmp, final)
+            shutil.rmtree(old)
+        else:
+            os.replace(tmp, final)
+    except OSError as error:
+        raise YoloforgeError(f"cannot write: {error.strerror}", error.filename or final) from None
+    except YoloforgeError as error:
+        if error.path is None or not Path(error.path).is_relative_to(tmp):
+            raise
+        # Name the file by where it was going, not by the temporary folder about to vanish.
+        raise YoloforgeError(error.problem, final / Path(error.path).relative_to(tmp)) from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _pause_before_rename(final: Path) -> None:
+    pattern = os.environ.get(PAUSE_VARIABLE)
+    if pattern and fnmatch.fnmatch(os.path.abspath(final), pattern):
+        time.sleep(PAUSE_SECONDS)
 
 
 def write_json(path: str | os.PathLike, data: Any) -> None:
