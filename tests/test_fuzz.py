@@ -1,11 +1,14 @@
 """Fuzzing the cfg parser and the weights reader: any input gives a network or a YoloforgeError.
 
-Mutations start from real cfg files (yolov3-tiny and every-layer) and a real weights layout;
-every example has a deadline, so a hang fails as surely as a crash.
+Mutations start from real cfg files (yolov3-tiny and every-layer) and a real weights layout.
+Every example has a deadline, and one that runs far past it is interrupted, so a hang fails
+as surely as a crash.
 """
 
 from __future__ import annotations
 
+import functools
+import signal
 import tempfile
 from pathlib import Path
 
@@ -37,6 +40,32 @@ KEYS = [
 ]  # fmt: skip
 MUTATIONS = ["value", "delete", "duplicate", "swap", "insert", "section", "cut"]
 SECTION_NAMES = ["net", "convolutional", "route", "shortcut", "yolo", "upsample", "maxpool", "reorg", ""]
+
+
+HANG_SECONDS = 10
+
+
+class Hang(BaseException):
+    """Not an Exception: no `except` in the code under test may swallow it."""
+
+
+def interrupt_hangs(test):
+    """Interrupt an example that runs HANG_SECONDS (hypothesis' deadline only judges finished ones)."""
+
+    @functools.wraps(test)
+    def guarded(*args, **kwargs):
+        def hang(signum, frame):
+            raise Hang(f"example still running after {HANG_SECONDS} s")
+
+        previous = signal.signal(signal.SIGALRM, hang)
+        signal.setitimer(signal.ITIMER_REAL, HANG_SECONDS)
+        try:
+            return test(*args, **kwargs)
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+            signal.signal(signal.SIGALRM, previous)
+
+    return guarded
 
 
 def _exercise(text: str) -> None:
@@ -89,6 +118,7 @@ def mutated_cfg(draw) -> str:
 
 @FUZZ
 @given(mutated_cfg())
+@interrupt_hangs
 def test_mutated_cfg_parses_or_fails_cleanly(text):
     _accepts_or_explains(text)
 
@@ -98,6 +128,7 @@ CFG_ALPHABET = st.sampled_from(list("[]=,#;-+.0123456789 \n\t\rabcdefghijklmnopq
 
 @FUZZ
 @given(st.lists(st.sampled_from(SECTION_NAMES + ["net"]), min_size=1, max_size=8), st.data())
+@interrupt_hangs
 def test_random_cfg_text_parses_or_fails_cleanly(sections, data):
     text = "".join(
         f"[{name}]\n" + data.draw(st.text(CFG_ALPHABET, max_size=80), label=f"body of [{name}]")
@@ -122,6 +153,7 @@ def flipped_seed(draw) -> bytes:
 
 @FUZZ
 @given(st.binary(max_size=400) | flipped_seed())
+@interrupt_hangs
 def test_cfg_file_bytes_load_or_fail_cleanly(scratch, content):
     path = scratch / "fuzz.cfg"
     path.write_bytes(content)
@@ -152,6 +184,7 @@ def weights_file(draw) -> bytes:
 
 @FUZZ
 @given(weights_file())
+@interrupt_hangs
 def test_weights_read_or_fail_cleanly(scratch, content):
     path = scratch / "fuzz.weights"
     path.write_bytes(content)
@@ -166,6 +199,7 @@ def test_weights_read_or_fail_cleanly(scratch, content):
 
 @FUZZ
 @given(st.binary(max_size=32))
+@interrupt_hangs
 def test_weights_header_reads_or_fails_cleanly(content):
     try:
         header = read_header(content, "fuzz.weights")
