@@ -39,12 +39,8 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
     as a YoloforgeError naming the file.
     """
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    prefix = f".{final.name}."
-    for stale in final.parent.glob(f"{glob.escape(prefix)}*.part"):
-        if "." not in stale.name[len(prefix) : -len(".part")]:  # not another output's (x.json's)
-            stale.unlink(missing_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".part", dir=final.parent)
+    prefix = _prepare(final)
+    fd, tmp_name = tempfile.mkstemp(prefix=prefix, suffix=".part", dir=final.parent)
     os.close(fd)
     tmp = Path(tmp_name)
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp creates 0600; outputs get ordinary permissions
@@ -53,7 +49,7 @@ def atomic_output(path: str | os.PathLike) -> Iterator[Path]:
         _pause_before_rename(final)
         os.replace(tmp, final)
     except OSError as error:
-        raise YoloforgeError(f"cannot write: {error.strerror}", error.filename or final) from None
+        raise _os_error(error, final, tmp) from None
     except YoloforgeError:
         raise
     except Exception as error:
@@ -78,11 +74,7 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
     Between the two renames of a replacement, `path` is briefly missing, never partial.
     """
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    prefix = f".{final.name}."
-    for stale in final.parent.glob(f"{glob.escape(prefix)}*.part"):
-        if "." not in stale.name[len(prefix) : -len(".part")]:
-            shutil.rmtree(stale, ignore_errors=True)
+    prefix = _prepare(final)
     tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=".part", dir=final.parent))
     os.chmod(tmp, 0o777 & ~_UMASK)
     try:
@@ -96,7 +88,7 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
         else:
             os.replace(tmp, final)
     except OSError as error:
-        raise YoloforgeError(f"cannot write: {error.strerror}", error.filename or final) from None
+        raise _os_error(error, final, tmp) from None
     except YoloforgeError as error:
         if error.path is None or not Path(error.path).is_relative_to(tmp):
             raise
@@ -104,6 +96,27 @@ def atomic_directory(path: str | os.PathLike) -> Iterator[Path]:
         raise YoloforgeError(error.problem, final / Path(error.path).relative_to(tmp)) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _prepare(final: Path) -> str:
+    """Make the output's folder; remove temporaries a killed writer of it left; their prefix."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    prefix = f".{final.name}."
+    for stale in final.parent.glob(f"{glob.escape(prefix)}*.part"):
+        if "." in stale.name[len(prefix) : -len(".part")]:
+            continue  # another output's, e.g. x.json's beside x
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
+    return prefix
+
+
+def _os_error(error: OSError, final: Path, tmp: Path) -> YoloforgeError:
+    """An OSError while making `final`: about the output, or about a file it was read from."""
+    if error.filename is None or Path(error.filename).resolve().is_relative_to(tmp.resolve()):
+        return YoloforgeError(f"cannot write: {error.strerror}", final)
+    return YoloforgeError(error.strerror, error.filename)
 
 
 def _pause_before_rename(final: Path) -> None:
