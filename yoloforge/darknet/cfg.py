@@ -191,8 +191,8 @@ def build_network(sections: list[Section], path: str | None = None) -> Network:
         raise YoloforgeError("the first section must be [net]", path)
     net = sections[0]
     channels = net.get_int("channels", 3)
-    if channels <= 0:
-        raise net._fail(f"channels={channels} is not positive")
+    if channels != 3:
+        raise net._fail(f"channels={channels}: only 3-channel (RGB) networks are supported")
     layers: list[Layer] = []
     out_channels: list[int] = []
     for section in sections[1:]:
