@@ -22,10 +22,11 @@ rule bench:
         timing=config["timing"],
     shell:
         "YOLOFORGE_THREADS={threads} python -m yoloforge bench --engine {wildcards.engine}"
-        " --engine-file {input.engine} --model {wildcards.model} --images {input.images}"
+        " --engine-file {input.engine} --onnx {input.onnx} --fingerprint {wildcards.fingerprint}"
+        " --model {wildcards.model} --images {input.images}"
         " --batch {wildcards.batch} --warmup-seconds {params.timing[warmup_seconds]}"
         " --seconds {params.timing[seconds]} --min-iterations {params.timing[min_iterations]}"
-        " --target {wildcards.target} --onnx {input.onnx} --output {output.summary}"
+        " --target {wildcards.target} --output {output.summary}"
         " --latencies {output.latencies} > {log} 2>&1"
 
 

@@ -23,6 +23,15 @@ wildcard_constraints:
 
 STRICT = "--strict" if config.get("strict") else ""
 
+# The schema checks integer sizes; the sides of a "WIDTHxHEIGHT" size are checked here, so a
+# bad size stops the run before any job.
+for model, spec in config["models"].items():
+    for size in spec["sizes"]:
+        if any(int(side) % 32 for side in str(size).split("x")):
+            raise ValueError(
+                f"config: models: {model}: size {size} is not a multiple of 32 on each side"
+            )
+
 
 def target_resources():
     """Each target's scheduler settings, as resources of the jobs that must run on it.

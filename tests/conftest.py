@@ -75,3 +75,13 @@ def mixed_batch(width: int, height: int) -> np.ndarray:
     """Two real photos and one generated scene."""
     images = [_bundled_photo("astronaut"), _bundled_photo("coffee"), generated_scene(7)]
     return np.stack([letterbox(image, width, height) for image in images])
+
+
+@pytest.fixture(scope="session")
+def every_layer_onnx(synthetic_weights, tmp_path_factory) -> Path:
+    """tests/data/every-layer.cfg with synthetic weights, converted as the workflow does, at 64x64."""
+    from yoloforge.darknet.convert import convert
+
+    output = tmp_path_factory.mktemp("onnx") / "every-layer-64.onnx"
+    convert(DATA / "every-layer.cfg", synthetic_weights(DATA / "every-layer.cfg"), output, (64, 64))
+    return output

@@ -66,6 +66,11 @@ def test_shapes_follow_darknet_arithmetic():
         (NET + "filters 3\n", "expected key=value, found 'filters 3'"),
         ("width=3\n[net]\n", "before any [section]"),
         (NET, "no [yolo] layer"),
+        # Once accepted, then failed later in a library (channels: found by fuzzing).
+        (NET.replace("channels=3", "channels=-1") + HEAD, "line 1 [net]: channels=-1: only 3-channel"),
+        (NET.replace("channels=3", "channels=1") + HEAD, "channels=1: only 3-channel (RGB)"),
+        (NET + HEAD.replace("classes=1", "classes=-3"), "classes=-3 is not positive"),
+        (NET + "[convolutional]\nfilters=8\npadding=-2\n" + HEAD, "padding=-2 is negative"),
     ],
 )
 def test_bad_cfgs_name_the_file_and_line(text, message):

@@ -2,6 +2,7 @@
 
 import io
 import json
+import re
 import zipfile
 
 import pytest
@@ -94,13 +95,44 @@ def test_image_whose_size_disagrees_with_its_annotation_falls_back(coco, tmp_pat
         _image_set(coco, tmp_path, "val2017", 3, strict=True, directory="strict")
 
 
-def test_annotations_that_are_not_coco(coco, tmp_path):
+IMAGE = {"id": 1, "file_name": "1.jpg", "width": 4, "height": 4}
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (json.dumps({"pictures": []}), "no 'images' list"),
+        (b"\x89PNG\r\n\x1a\n\x00\xff", "not JSON"),
+        ("{truncated", "not JSON"),
+        (json.dumps([IMAGE]), "the top level is a JSON list"),
+        (json.dumps({"images": [IMAGE], "categories": []}), "no 'annotations' list"),
+        (
+            json.dumps({"images": [{"id": 1}], "annotations": [], "categories": []}),
+            "an image record lacks one of",
+        ),
+        (
+            json.dumps({"images": [IMAGE], "annotations": [{"id": 3}], "categories": []}),
+            "an annotation has no image_id",
+        ),
+        (
+            json.dumps(
+                {"images": [{**IMAGE, "file_name": "../../x.jpg"}], "annotations": [], "categories": []}
+            ),
+            "image file_name .* is not a plain file name",
+        ),
+    ],
+)
+def test_annotations_that_are_not_coco(coco, tmp_path, content, problem):
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as bundle:
-        bundle.writestr("annotations/instances_val2017.json", json.dumps({"pictures": []}))
+        bundle.writestr("annotations/instances_val2017.json", content)
     coco.files["/annotations/annotations_trainval2017.zip"] = buffer.getvalue()
-    with pytest.raises(YoloforgeError, match="not COCO annotations"):
+    with pytest.raises(YoloforgeError, match=f"instances_val2017.json: not COCO annotations: {problem}"):
         _image_set(coco, tmp_path, "val2017", 2, strict=True)
+    # Without strict mode the run goes on with substitutes, and says why.
+    manifest = _image_set(coco, tmp_path, "val2017", 2, directory="lenient")
+    assert manifest["source"] == "substitute" and re.search(problem, manifest["reason"])
+    assert not (tmp_path / "x.jpg").exists()
 
 
 def test_offline_substitutes_say_so(tmp_path):

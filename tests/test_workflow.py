@@ -112,16 +112,63 @@ def test_tiny_config_runs_end_to_end_and_reruns_nothing(workdir):
         ({"timing": {"warmup_seconds": 0, "seconds": -1, "min_iterations": 2}}, "minimum"),
         ({"targets": {"a100": {"resources": {"gpu": 2}}}}, "'gpu' should not be valid"),
         ({"targets": {"A100": {}}}, "does not match"),
+        ({"models.synthetic-net.sizes": ["96x65"]}, "size 96x65 is not a multiple of 32"),
     ],
 )
 def test_bad_config_is_rejected_before_any_job(workdir, change, message):
-    config = yaml.safe_load((workdir / "config.yaml").read_text())
-    config.update(change)
-    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    _change_config(workdir, change)
     result = snakemake(workdir, "-n")
     assert result.returncode != 0
     assert message in result.stdout + result.stderr
     assert not (workdir / "results").exists()
+
+
+def _change_config(workdir: Path, change: dict) -> dict:
+    config = yaml.safe_load((workdir / "config.yaml").read_text())
+    for key, value in change.items():  # "models.NAME.KEY" sets a key of one model
+        *parents, last = key.split(".") if key.startswith("models.") else [key]
+        target = config
+        for parent in parents:
+            target = target[parent]
+        target[last] = value
+    (workdir / "config.yaml").write_text(yaml.safe_dump(config))
+    return config
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {"timing": {"warmup_seconds": 0, "seconds": 1, "min_iterations": -3}},
+            "-3 is less than the minimum",
+        ),
+        (
+            {"timing": {"warmup_seconds": 0, "seconds": 1, "min_iterations": 2, "runs": 3}},
+            "'runs' was unexpected",
+        ),
+        ({"images": {"count": 3, "colour": "red"}}, "'colour' was unexpected"),
+        ({"images": {"count": 0}}, "0 is less than the minimum"),
+        ({"batches": [1, "two"]}, "'two' is not of type 'integer'"),
+        ({"batches": [1, 1]}, "non-unique elements"),
+        ({"engines": {}}, "should be non-empty"),
+        ({"engine_options": {"tensorflow": {}}}, "'tensorflow' is not one of"),
+        ({"models.synthetic-net.sizes": [100]}, "100 is not valid under any of the given schemas"),
+        ({"models.synthetic-net.sizes": [0]}, "0 is not valid under any of the given schemas"),
+        ({"models.synthetic-net.precision": "fp16"}, "'precision' was unexpected"),
+        ({"models.synthetic-net.weights": {"sources": [], "sha256": "0" * 64}}, "should be non-empty"),
+        ({"models.synthetic-net.weights": {"sources": ["synthetic"], "sha256": "abc"}}, "does not match"),
+        ({"strict": "yes"}, "'yes' is not of type 'boolean'"),
+    ],
+)
+def test_schema_rejects_bad_values(workdir, change, message):
+    """The schema the Snakefile validates against (in-process: a Snakemake start per case is slow)."""
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate
+
+    config = _change_config(workdir, change)
+    with pytest.raises(WorkflowError) as error:
+        validate(config, str(ROOT / "workflow" / "schemas" / "config.schema.yaml"))
+    assert message in str(error.value.args) + str(error.value.__cause__)
 
 
 def test_default_config_dry_run_and_lint():

@@ -125,7 +125,7 @@ def cmd_build(args: argparse.Namespace) -> None:
 def cmd_bench(args: argparse.Namespace) -> None:
     from yoloforge.backends import get_backend, read_sidecar
     from yoloforge.datasets import image_set_source
-    from yoloforge.device import cpu_threads
+    from yoloforge.device import cpu_threads, fingerprint_id
     from yoloforge.files import write_json
     from yoloforge.flops import onnx_flops_per_image
     from yoloforge.images import image_paths, preprocessed_batches
@@ -133,7 +133,13 @@ def cmd_bench(args: argparse.Namespace) -> None:
 
     backend = get_backend(args.engine)
     sidecar = read_sidecar(args.engine_file)
-    runner = backend.load(args.engine_file)
+    if args.fingerprint and fingerprint_id(sidecar.get("device", {})) != args.fingerprint:
+        raise YoloforgeError(
+            f"engine was built for device {fingerprint_id(sidecar.get('device', {}))}, but lies in"
+            f" the folder of {args.fingerprint}; engines are never moved between device folders",
+            args.engine_file,
+        )
+    runner = backend.load(args.engine_file, args.onnx)
     width, height = int(sidecar["model"]["width"]), int(sidecar["model"]["height"])
     paths = image_paths(args.images)[: args.batch * args.rotate]
     batches = preprocessed_batches(paths, width, height, args.batch, args.rotate)
@@ -326,6 +332,10 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="time one engine on the evaluation images")
     bench.add_argument("--engine", required=True)
     bench.add_argument("--engine-file", required=True)
+    bench.add_argument(
+        "--onnx", help="the ONNX file the engine must have been built from; its FLOPs are counted"
+    )
+    bench.add_argument("--fingerprint", help="refuse the engine unless it was built for this fingerprint id")
     bench.add_argument("--model", required=True)
     bench.add_argument("--images", required=True)
     bench.add_argument("--batch", type=_positive_int, default=1)
@@ -334,7 +344,6 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seconds", type=_non_negative_float, default=5.0)
     bench.add_argument("--min-iterations", type=_positive_int, default=3)
     bench.add_argument("--target", default="local", help="the configured target this runs on")
-    bench.add_argument("--onnx", help="the ONNX file the engine was built from, to count FLOPs")
     bench.add_argument("--output", required=True)
     bench.add_argument("--latencies", help="write every iteration's latencies here (Parquet)")
     bench.set_defaults(func=cmd_bench)

@@ -18,7 +18,7 @@ from PIL import Image
 
 from yoloforge.errors import YoloforgeError
 from yoloforge.fetch import download, fetch
-from yoloforge.files import atomic_output, write_json
+from yoloforge.files import atomic_directory, atomic_output, write_json
 from yoloforge.images import BUNDLED_PHOTOS, _bundled_photo, generated_scene, load_rgb
 
 log = logging.getLogger(__name__)
@@ -79,6 +79,39 @@ def _fetch_coco_image(record: dict[str, Any], bases: list[str], output_dir: Path
     raise YoloforgeError(f"every image source failed: {'; '.join(failures)}", path)
 
 
+COCO_IMAGE_FIELDS = {"id": int, "file_name": str, "width": int, "height": int}
+
+
+def read_coco_annotations(path: Path, split: str) -> dict[str, Any]:
+    """A COCO annotations file, checked for every field this module reads."""
+
+    def fail(problem: str) -> YoloforgeError:
+        return YoloforgeError(f"not COCO annotations: {problem}", path)
+
+    try:
+        annotations = json.loads(path.read_bytes())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise fail(f"not JSON ({error.__class__.__name__})") from None
+    if not isinstance(annotations, dict):
+        raise fail(f"the top level is a JSON {type(annotations).__name__}, not an object")
+    needed = ["images", "annotations", "categories"] if split == "val2017" else ["images"]
+    for key in needed:
+        if not isinstance(annotations.get(key), list):
+            raise fail(f"no {key!r} list")
+    for image in annotations["images"]:
+        if not isinstance(image, dict) or any(
+            not isinstance(image.get(key), kind) for key, kind in COCO_IMAGE_FIELDS.items()
+        ):
+            raise fail(f"an image record lacks one of {', '.join(COCO_IMAGE_FIELDS)}: {str(image)[:80]}")
+        if Path(image["file_name"]).name != image["file_name"] or image["file_name"] in ("", ".", ".."):
+            raise fail(f"image file_name {image['file_name']!r} is not a plain file name")
+    if split == "val2017" and any(
+        not isinstance(a, dict) or "image_id" not in a for a in annotations["annotations"]
+    ):
+        raise fail("an annotation has no image_id")
+    return annotations
+
+
 def fetch_coco_subset(
     split: str,
     count: int,
@@ -94,13 +127,8 @@ def fetch_coco_subset(
     annotations_path = cache_dir / f"{split}-{os.path.basename(member)}"
     if not annotations_path.exists():
         fetch([f"{source}#{member}" for source in annotation_sources], annotations_path, None, cache_dir)
-    try:
-        annotations = json.loads(annotations_path.read_text())
-        images = sorted(annotations["images"], key=lambda image: image["id"])[:count]
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise YoloforgeError(
-            f"not COCO annotations ({error.__class__.__name__}: {error})", annotations_path
-        ) from None
+    annotations = read_coco_annotations(annotations_path, split)
+    images = sorted(annotations["images"], key=lambda image: image["id"])[:count]
     with Progress(transient=True) as progress, ThreadPoolExecutor(DOWNLOAD_WORKERS) as pool:
         task = progress.add_task(f"COCO {split}", total=len(images))
         futures = [pool.submit(_fetch_coco_image, image, image_bases, output_dir, split) for image in images]
@@ -133,11 +161,26 @@ def write_image_set(
     cache_dir: str | os.PathLike,
     strict: bool = False,
 ) -> dict[str, Any]:
-    """Fill `output_dir` with `count` images and a manifest.json saying where they came from."""
+    """Make `output_dir` hold `count` images and a manifest.json saying where they came from.
+
+    The folder is filled under a temporary name and renamed into place whole, replacing any
+    previous one: a killed run never leaves a partial image set under the final name.
+    """
     if count <= 0:
         raise YoloforgeError(f"image count must be positive, got {count}", output_dir)
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    with atomic_directory(output_dir) as partial:
+        return _fill_image_set(partial, count, split, annotation_sources, image_bases, cache_dir, strict)
+
+
+def _fill_image_set(
+    output_dir: Path,
+    count: int,
+    split: str,
+    annotation_sources: list[str],
+    image_bases: list[str],
+    cache_dir: str | os.PathLike,
+    strict: bool,
+) -> dict[str, Any]:
     reason = "no COCO sources configured"
     if annotation_sources and image_bases:
         try:

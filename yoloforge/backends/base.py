@@ -117,27 +117,29 @@ class Backend(ABC):
         if reason:
             raise YoloforgeError(f"{self.name} {request.precision} is unavailable: {reason}", request.output)
         start = time.perf_counter()
+        # Engine and sidecar are both written in full before either is renamed into place, so a
+        # failure (a full disk, say) leaves any previous pair as it was.
         with atomic_output(request.output) as partial:
             flags = self._build(replace(request, output=partial))
             build_seconds = time.perf_counter() - start
             engine_sha256 = sha256_file(partial)
             engine_bytes = partial.stat().st_size
             check = output_check(request, lambda: self._load(partial, {"build_flags": flags}))
-        sidecar = {
-            "model": onnx_metadata(request.onnx),
-            "backend": self.name,
-            "precision": request.precision,
-            "batch": request.batch,
-            "onnx_sha256": sha256_file(request.onnx),
-            "engine_sha256": engine_sha256,
-            "engine_bytes": engine_bytes,
-            "device": self.device_fingerprint(),
-            "libraries": self.library_versions(),
-            "build_flags": flags,
-            "build_seconds": build_seconds,
-            "check": check,
-        }
-        write_json(sidecar_path(request.output), sidecar)
+            sidecar = {
+                "model": onnx_metadata(request.onnx),
+                "backend": self.name,
+                "precision": request.precision,
+                "batch": request.batch,
+                "onnx_sha256": sha256_file(request.onnx),
+                "engine_sha256": engine_sha256,
+                "engine_bytes": engine_bytes,
+                "device": self.device_fingerprint(),
+                "libraries": self.library_versions(),
+                "build_flags": flags,
+                "build_seconds": build_seconds,
+                "check": check,
+            }
+            write_json(sidecar_path(request.output), sidecar)
         return sidecar
 
     def probe(self, precisions: list[str]) -> dict[str, Any]:
@@ -158,7 +160,8 @@ class Backend(ABC):
             "precisions": reasons,
         }
 
-    def load(self, engine: str | os.PathLike) -> Runner:
+    def load(self, engine: str | os.PathLike, onnx: str | os.PathLike | None = None) -> Runner:
+        """Load an engine its sidecar vouches for; given `onnx`, also refuse one built from another."""
         engine = Path(engine)
         sidecar = read_sidecar(engine)
         if sidecar.get("backend") != self.name:
@@ -171,6 +174,10 @@ class Backend(ABC):
             )
         if sha256_file(engine) != sidecar.get("engine_sha256"):
             raise YoloforgeError("engine file does not match the checksum in its sidecar", engine)
+        if onnx is not None and sha256_file(onnx) != sidecar.get("onnx_sha256"):
+            raise YoloforgeError(
+                f"ONNX file changed since the engine {engine} was built from it; rebuild the engine", onnx
+            )
         return self._load(engine, sidecar)
 
 

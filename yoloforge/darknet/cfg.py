@@ -191,6 +191,8 @@ def build_network(sections: list[Section], path: str | None = None) -> Network:
         raise YoloforgeError("the first section must be [net]", path)
     net = sections[0]
     channels = net.get_int("channels", 3)
+    if channels != 3:
+        raise net._fail(f"channels={channels}: only 3-channel (RGB) networks are supported")
     layers: list[Layer] = []
     out_channels: list[int] = []
     for section in sections[1:]:
@@ -214,6 +216,8 @@ def build_network(sections: list[Section], path: str | None = None) -> Network:
                 raise section._fail("dilation other than 1 is not supported")
             if layer.filters <= 0 or layer.size <= 0 or layer.stride <= 0 or layer.groups <= 0:
                 raise section._fail("filters, size, stride and groups must be positive")
+            if layer.padding < 0:
+                raise section._fail(f"padding={layer.padding} is negative")
             if in_channels % layer.groups or layer.filters % layer.groups:
                 raise section._fail(
                     f"groups={layer.groups} does not divide {in_channels} input channels"
@@ -261,6 +265,8 @@ def build_network(sections: list[Section], path: str | None = None) -> Network:
                 raise section._fail("size and stride must be positive, padding non-negative")
         elif kind == "yolo":
             layer.classes = section.get_int("classes", 20)
+            if layer.classes <= 0:
+                raise section._fail(f"classes={layer.classes} is not positive")
             anchors = section.get_list("anchors", float)
             if len(anchors) % 2:
                 raise section._fail("anchors must come in width,height pairs")
