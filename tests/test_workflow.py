@@ -97,6 +97,18 @@ def test_tiny_config_runs_end_to_end_and_reruns_nothing(workdir):
     again = snakemake(workdir, "--cores", "2")
     assert again.returncode == 0
     assert "Nothing to be done" in again.stdout + again.stderr
+
+    # Engines built on another device (or library version) live in that fingerprint's folder: a
+    # run here leaves them alone and builds this machine's own.
+    engines = results / "engines" / "local"
+    for folder in list(engines.iterdir()):
+        folder.rename(engines / f"other-device-{folder.name}")
+    elsewhere = {path: path.stat().st_mtime_ns for path in engines.rglob("*") if path.is_file()}
+    rebuilt = snakemake(workdir, "--cores", "2")
+    assert rebuilt.returncode == 0, rebuilt.stderr[-3000:]
+    assert {path: path.stat().st_mtime_ns for path in elsewhere} == elsewhere
+    assert len(list(engines.glob("other-device-*/*/*.engine"))) == 3 * 2 * 2
+    assert len(list(engines.glob("[!o]*/*/*.engine"))) == 3 * 2 * 2
     report = snakemake(workdir, "--report", str(workdir / "snakemake-report.zip"))
     assert report.returncode == 0, report.stderr[-3000:]
     assert (workdir / "snakemake-report.zip").stat().st_size > 0
