@@ -93,3 +93,75 @@ def agreement(reference: list[Boxes], candidate: list[Boxes], iou_threshold: flo
         "precision": matched / candidate_count if candidate_count else float(reference_count == 0),
         "recall": matched / reference_count if reference_count else float(candidate_count == 0),
     }
+
+
+def to_source_pixels(boxes: Boxes, source_w: int, source_h: int, width: int, height: int) -> Boxes:
+    """Boxes normalized to a letterboxed width x height input -> pixels of the source image."""
+    from yoloforge.images import letterbox_geometry
+
+    new_w, new_h, left, top = letterbox_geometry(source_w, source_h, width, height)
+    input_to_source = np.array([source_w / new_w, source_h / new_h] * 2)
+    xyxy = (
+        boxes.xyxy.astype(np.float64) * [width, height, width, height] - [left, top, left, top]
+    ) * input_to_source
+    xyxy = np.clip(xyxy, 0, [source_w, source_h, source_w, source_h])
+    return Boxes(xyxy.reshape(-1, 4), boxes.scores, boxes.classes)
+
+
+def above(boxes: Boxes, score_threshold: float) -> Boxes:
+    """The boxes scoring over `score_threshold`."""
+    keep = boxes.scores > score_threshold
+    return Boxes(boxes.xyxy[keep], boxes.scores[keep], boxes.classes[keep])
+
+
+RECALL_POINTS = np.linspace(0, 1, 101)  # COCO's interpolation points
+
+
+def _class_hits(reference: list[Boxes], candidate: list[Boxes], cls: int, iou_threshold: float):
+    """Scores of `candidate`'s boxes of class `cls` and whether each matches a reference box (COCO
+    matching: by descending score, the unmatched reference box of highest IoU)."""
+    scores, hits = [], []
+    for truth, found in zip(reference, candidate, strict=True):
+        truth_xyxy = truth.xyxy[truth.classes == cls]
+        mine = found.classes == cls
+        order = np.argsort(-found.scores[mine], kind="stable")
+        ious = iou_matrix(found.xyxy[mine][order], truth_xyxy)
+        taken = np.zeros(len(truth_xyxy), dtype=bool)
+        for overlaps in ious:
+            overlaps = np.where(taken, -1.0, overlaps)
+            best = int(np.argmax(overlaps)) if len(overlaps) else -1
+            hit = best >= 0 and overlaps[best] >= iou_threshold
+            if hit:
+                taken[best] = True
+            hits.append(hit)
+        scores.extend(found.scores[mine][order])
+    return np.asarray(scores, dtype=np.float64), np.asarray(hits, dtype=bool)
+
+
+def mean_average_precision(
+    reference: list[Boxes], candidate: list[Boxes], iou_threshold: float = 0.5
+) -> float | None:
+    """COCO-style mAP at one IoU threshold, `reference` boxes taken as ground truth.
+
+    Classes the reference never detects are left out, as COCO leaves out categories without
+    annotations; None when the reference has no boxes at all.
+    """
+    reference_classes = [r.classes for r in reference if len(r)]
+    if not reference_classes:
+        return None
+    precisions = []
+    for cls in np.unique(np.concatenate(reference_classes)):
+        truth_count = sum(int((r.classes == cls).sum()) for r in reference)
+        scores, hits = _class_hits(reference, candidate, int(cls), iou_threshold)
+        if not hits.size:
+            precisions.append(0.0)
+            continue
+        hits = hits[np.argsort(-scores, kind="stable")]
+        true_positives = np.cumsum(hits)
+        recall = true_positives / truth_count
+        precision = true_positives / np.arange(1, len(hits) + 1)
+        envelope = np.maximum.accumulate(precision[::-1])[::-1]
+        reached = np.searchsorted(recall, RECALL_POINTS, side="left")
+        interpolated = np.where(reached < len(hits), envelope[np.minimum(reached, len(hits) - 1)], 0.0)
+        precisions.append(float(interpolated.mean()))
+    return float(np.mean(precisions))
