@@ -20,6 +20,11 @@ wildcard_constraints:
 
 
 STRICT = "--strict" if config.get("strict") else ""
+# Accuracy is scored on the engine built at the smallest configured batch.
+ACCURACY_ENGINE = (
+    "results/engines/{fingerprint}/{engine}/{model}-{size}-{precision}"
+    f"-b{min(config['batches'])}"
+)
 
 
 def asset_args(asset):
@@ -64,3 +69,17 @@ def table_rows(wildcards):
                         for batch in config["batches"]
                     ]
     return rows
+
+
+def accuracy_results(wildcards):
+    """One accuracy result per engine and precision that runs here, per model size."""
+    with open(checkpoints.device.get().output[0]) as handle:
+        probe = json.load(handle)["engines"]
+    return [
+        f"results/accuracy/{probe[engine]['id']}/{model}-{size}/{engine}-{precision}.json"
+        for model, spec in config["models"].items()
+        for size in spec["sizes"]
+        for engine, precisions in config["engines"].items()
+        for precision in precisions
+        if not probe[engine]["precisions"][precision]
+    ]

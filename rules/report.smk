@@ -5,7 +5,8 @@ localrules:
 
 rule table:
     input:
-        table_rows,
+        rows=table_rows,
+        accuracy=accuracy_results,
     output:
         report(
             "results/benchmark.csv",
@@ -17,4 +18,5 @@ rule table:
     conda:
         "../envs/core.yaml"
     shell:
-        "python -m yoloforge table --output {output} {input} > {log} 2>&1"
+        "python -m yoloforge table --output {output} {input.rows} --accuracy {input.accuracy}"
+        " > {log} 2>&1"

@@ -1,5 +1,6 @@
 """The workflow itself, through Snakemake, on a tiny config."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -13,6 +14,24 @@ import yaml
 from tests.conftest import DATA, ROOT
 
 pytestmark = pytest.mark.workflow
+ACCURACY_KEYS = {
+    "model",
+    "width",
+    "height",
+    "engine",
+    "precision",
+    "batch",
+    "images",
+    "images_source",
+    "reference",
+    "coco_map50_95",
+    "coco_map50",
+    "agreement_precision",
+    "agreement_recall",
+    "agreement_map50",
+    "non_finite_outputs",
+    "accuracy_gate",
+}
 
 
 def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:
@@ -78,6 +97,20 @@ def test_tiny_config_runs_end_to_end_and_reruns_nothing(workdir):
     assert sources["fetched-net"].endswith("local.weights")
     assert set(table.loc[table["model"] == "fetched-net", "width"]) == {64, 96}
     assert set(table["images_source"]) == {"substitute"}
+    # Every engine that runs here is scored against the reference on every image there is.
+    accuracy = [
+        json.loads(path.read_text()) for path in (workdir / "results" / "accuracy").glob("*/*/*-fp32.json")
+    ]
+    assert sorted((a["model"], a["width"], a["height"], a["engine"]) for a in accuracy) == sorted(
+        (model, width, 64, engine)
+        for model, width in (("fetched-net", 64), ("fetched-net", 96), ("synthetic-net", 64))
+        for engine in ("onnxruntime", "opencv-darknet")
+    )
+    assert all(set(a) == ACCURACY_KEYS for a in accuracy)
+    assert {(a["images"], a["batch"], a["reference"], a["accuracy_gate"]) for a in accuracy} == {
+        (3, 1, "opencv-darknet fp32", "pass")
+    }
+    assert len(list((workdir / "results" / "detections").glob("*/*/*/*.jpg"))) == 6 * 3
 
     again = snakemake(workdir, "--cores", "2")
     assert again.returncode == 0
@@ -90,6 +123,8 @@ def test_tiny_config_runs_end_to_end_and_reruns_nothing(workdir):
         ({"engines": {"tensorflow": ["fp32"]}}, "tensorflow"),
         ({"engines": {"onnxruntime": ["fp64"]}}, "fp64"),
         ({"batches": [0]}, "minimum"),
+        ({"accuracy": {"images": 0}}, "minimum"),
+        ({"accuracy": {"max_map_drop": 2}}, "maximum"),
         ({"colour": "red"}, "Additional properties"),
         ({"timing": {"warmup_seconds": 0, "seconds": -1, "min_iterations": 2}}, "minimum"),
     ],
