@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from tests.conftest import MODELS
+from tests.conftest import ACCURACY_KEYS, MODELS, run_cli
 from yoloforge.accuracy import (
     CLASS_NAMES,
     COCO_CATEGORY_IDS,
@@ -233,3 +233,46 @@ def test_coco_map_on_annotated_images(tiny, tiny_weights, tmp_path):
 def _pixels(image):
     rows = np.asarray(image["boxes"], dtype=np.float64).reshape(-1, 6)
     return rows[:, :4], rows[:, 4], rows[:, 5].astype(int)
+
+
+def test_accuracy_command_writes_the_table_keys_and_refuses_a_bad_reference(tiny, tiny_weights, tmp_path):
+    onnx, images, reference = tiny
+    _load("onnxruntime", onnx, tiny_weights, tmp_path / "e.engine")
+    (tmp_path / "reference.json").write_text(json.dumps(reference))
+    common = ["accuracy", "--engine", "onnxruntime", "--engine-file", str(tmp_path / "e.engine")]
+    common += [
+        "--model",
+        "yolov3-tiny",
+        "--images",
+        str(images),
+        "--coco-output",
+        str(tmp_path / "e.coco.json"),
+    ]
+    result = run_cli(
+        *common,
+        "--reference",
+        str(tmp_path / "reference.json"),
+        "--draw-dir",
+        str(tmp_path / "drawn"),
+        "--draw",
+        "2",
+        "--output",
+        str(tmp_path / "e.json"),
+    )
+    assert result.returncode == 0, result.stderr
+    record = json.loads((tmp_path / "e.json").read_text())
+    assert set(record) == ACCURACY_KEYS and record["accuracy_gate"] == "pass"
+    coco = json.loads((tmp_path / "e.coco.json").read_text())
+    assert coco and set(coco[0]) == {"image_id", "category_id", "bbox", "score"}
+    assert sorted(p.name for p in (tmp_path / "drawn").iterdir()) == [
+        "0000-astronaut.jpg",
+        "0001-chelsea.jpg",
+    ]
+
+    (tmp_path / "broken.json").write_text("{")
+    result = run_cli(
+        *common, "--reference", str(tmp_path / "broken.json"), "--output", str(tmp_path / "x.json")
+    )
+    assert result.returncode == 2
+    assert "broken.json: unreadable reference detections" in result.stderr.strip().splitlines()[-1]
+    assert not (tmp_path / "x.json").exists()

@@ -11,27 +11,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import DATA, ROOT
+from tests.conftest import ACCURACY_KEYS, DATA, ROOT
 
 pytestmark = pytest.mark.workflow
-ACCURACY_KEYS = {
-    "model",
-    "width",
-    "height",
-    "engine",
-    "precision",
-    "batch",
-    "images",
-    "images_source",
-    "reference",
-    "coco_map50_95",
-    "coco_map50",
-    "agreement_precision",
-    "agreement_recall",
-    "agreement_map50",
-    "non_finite_outputs",
-    "accuracy_gate",
-}
 
 
 def snakemake(workdir: Path, *args: str) -> subprocess.CompletedProcess:

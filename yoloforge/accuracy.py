@@ -25,7 +25,7 @@ from yoloforge.backends import BuildRequest, Runner, get_backend
 from yoloforge.detections import Boxes, above, agreement, decode, mean_average_precision, to_source_pixels
 from yoloforge.errors import YoloforgeError
 from yoloforge.files import atomic_output, write_json
-from yoloforge.images import letterbox, load_rgb
+from yoloforge.images import image_paths, letterbox, load_rgb
 
 log = logging.getLogger(__name__)
 
@@ -72,8 +72,6 @@ class ImageSetDetections:
 
 def evaluation_images(directory: str | os.PathLike, count: int) -> list[Path]:
     """The first `count` images of the set (all of them when it has fewer)."""
-    from yoloforge.images import image_paths
-
     return image_paths(directory)[:count]
 
 
