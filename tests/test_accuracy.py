@@ -276,3 +276,19 @@ def test_accuracy_command_writes_the_table_keys_and_refuses_a_bad_reference(tiny
     assert result.returncode == 2
     assert "broken.json: unreadable reference detections" in result.stderr.strip().splitlines()[-1]
     assert not (tmp_path / "x.json").exists()
+
+
+def test_reference_falls_back_to_onnxruntime_without_opencv_darknet(
+    tiny, tiny_weights, tmp_path, monkeypatch
+):
+    from yoloforge.backends.opencv_darknet import OpenCvDarknetBackend
+
+    onnx, images, opencv_reference = tiny
+    monkeypatch.setattr(OpenCvDarknetBackend, "unavailable_reason", lambda self, precision="fp32": "OpenCV 5")
+    reference = reference_detections(
+        onnx, MODELS / "yolov3-tiny.cfg", tiny_weights, images, 8, tmp_path / "r.json"
+    )
+    assert reference["reference"] == "onnxruntime fp32"
+    assert [len(image["boxes"]) for image in reference["images"]] == [
+        len(image["boxes"]) for image in opencv_reference["images"]
+    ]
