@@ -30,17 +30,9 @@ def iou_matrix(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.where(union > 0, intersection / np.where(union > 0, union, 1), 0.0)
 
 
-def _nms(xyxy: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
-    order = np.argsort(-scores, kind="stable")
-    keep = []
-    while order.size:
-        best = order[0]
-        keep.append(best)
-        if order.size == 1:
-            break
-        overlaps = iou_matrix(xyxy[best : best + 1], xyxy[order[1:]])[0]
-        order = order[1:][overlaps <= iou_threshold]
-    return np.array(keep, dtype=np.int64)
+# NMS considers at most this many candidates, the highest-scoring: at COCO's confidence 0.001 an
+# untrained or synthetic model has hundreds of thousands.
+MAX_NMS_CANDIDATES = 10_000
 
 
 def decode(
@@ -49,19 +41,29 @@ def decode(
     """One image's rows [boxes, 5 + classes] -> boxes after class-aware NMS.
 
     A box's score for a class is objectness x class probability, as Darknet scores them; every
-    class over the threshold gives a candidate, and NMS runs per class.
+    class over the threshold gives a candidate, and a box suppresses only lower-scoring candidates
+    of its own class. Candidates are taken in descending score, so NMS stops at `max_boxes`.
     """
     rows = np.asarray(detections, dtype=np.float32)
     scores = rows[:, 4:5] * rows[:, 5:]
     box_index, class_index = np.nonzero(scores > score_threshold)
     candidate_scores = scores[box_index, class_index]
+    if len(candidate_scores) > MAX_NMS_CANDIDATES:
+        top = np.argpartition(-candidate_scores, MAX_NMS_CANDIDATES)[:MAX_NMS_CANDIDATES]
+        box_index, class_index, candidate_scores = box_index[top], class_index[top], candidate_scores[top]
     centre, size = rows[box_index, :2], rows[box_index, 2:4]
     xyxy = np.concatenate([centre - size / 2, centre + size / 2], axis=1)
+    order = np.argsort(-candidate_scores, kind="stable")
     kept = []
-    for cls in np.unique(class_index):
-        members = np.nonzero(class_index == cls)[0]
-        kept.extend(members[_nms(xyxy[members], candidate_scores[members], iou_threshold)])
-    kept = np.array(sorted(kept, key=lambda i: -candidate_scores[i])[:max_boxes], dtype=np.int64)
+    while order.size and len(kept) < max_boxes:
+        best, rest = order[0], order[1:]
+        kept.append(best)
+        same_class = np.flatnonzero(class_index[rest] == class_index[best])
+        overlaps = iou_matrix(xyxy[best : best + 1], xyxy[rest[same_class]])[0]
+        suppressed = np.zeros(rest.size, dtype=bool)
+        suppressed[same_class[overlaps > iou_threshold]] = True
+        order = rest[~suppressed]
+    kept = np.array(kept, dtype=np.int64)
     return Boxes(xyxy[kept].reshape(-1, 4), candidate_scores[kept], class_index[kept])
 
 
