@@ -14,6 +14,7 @@ include: "rules/fetch.smk"
 include: "rules/convert.smk"
 include: "rules/build.smk"
 include: "rules/bench.smk"
+include: "rules/accuracy.smk"
 include: "rules/report.smk"
 
 

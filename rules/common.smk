@@ -22,6 +22,11 @@ wildcard_constraints:
 
 
 STRICT = "--strict" if config.get("strict") else ""
+# Accuracy is scored on the engine built at the smallest configured batch.
+ACCURACY_ENGINE = (
+    "results/engines/{target}/{fingerprint}/{engine}/{model}-{size}-{precision}"
+    f"-b{min(config['batches'])}"
+)
 
 # The schema checks integer sizes; the sides of a "WIDTHxHEIGHT" size are checked here, so a
 # bad size stops the run before any job.
@@ -123,3 +128,20 @@ def config_sha256():
     """sha256 of the config as this run sees it (after --config overrides), as canonical JSON."""
     text = json.dumps(config, sort_keys=True, default=str)
     return hashlib.sha256(text.encode()).hexdigest()
+
+
+def accuracy_results(wildcards):
+    """One accuracy result per target, model size, and engine and precision the target runs."""
+    results = []
+    for target in config["targets"]:
+        with open(checkpoints.device.get(target=target).output[0]) as handle:
+            probe = json.load(handle)["engines"]
+        results += [
+            f"results/accuracy/{target}/{probe[engine]['id']}/{model}-{size}/{engine}-{precision}.json"
+            for model, spec in config["models"].items()
+            for size in spec["sizes"]
+            for engine, precisions in config["engines"].items()
+            for precision in precisions
+            if not probe[engine]["precisions"][precision]
+        ]
+    return results

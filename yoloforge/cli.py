@@ -188,6 +188,56 @@ def cmd_bench(args: argparse.Namespace) -> None:
         )
 
 
+def cmd_reference(args: argparse.Namespace) -> None:
+    from yoloforge.accuracy import reference_detections
+
+    record = reference_detections(
+        Path(args.onnx), Path(args.cfg), Path(args.weights), Path(args.images), args.count, Path(args.output)
+    )
+    boxes = sum(len(image["boxes"]) for image in record["images"])
+    log.info(
+        "%s: %s found %d boxes on %d images", args.output, record["reference"], boxes, len(record["images"])
+    )
+
+
+def cmd_accuracy(args: argparse.Namespace) -> None:
+    import json
+
+    from yoloforge.accuracy import draw_examples, score_engine, write_coco_results
+    from yoloforge.backends import get_backend, read_sidecar
+    from yoloforge.files import write_json
+
+    sidecar = read_sidecar(args.engine_file)
+    try:
+        reference = json.loads(Path(args.reference).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        raise YoloforgeError(
+            f"unreadable reference detections ({error.__class__.__name__})", args.reference
+        ) from None
+    record, coco_results, detections = score_engine(
+        get_backend(args.engine).load(args.engine_file),
+        model=args.model,
+        engine=args.engine,
+        precision=sidecar["precision"],
+        batch=sidecar["batch"],
+        width=int(sidecar["model"]["width"]),
+        height=int(sidecar["model"]["height"]),
+        images_dir=Path(args.images),
+        reference=reference,
+        max_map_drop=args.max_map_drop,
+    )
+    if args.draw_dir:
+        label = f"{args.engine} {sidecar['precision']}"
+        draw_examples(detections, reference, Path(args.images), label, args.draw, Path(args.draw_dir))
+    write_coco_results(args.coco_output, coco_results)
+    write_json(args.output, {**record, "target": args.target})
+    log.info(
+        "%s: %s",
+        args.output,
+        {key: record[key] for key in ("agreement_map50", "coco_map50_95", "accuracy_gate")},
+    )
+
+
 def cmd_unavailable(args: argparse.Namespace) -> None:
     import json
 
@@ -348,6 +398,29 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--latencies", help="write every iteration's latencies here (Parquet)")
     bench.set_defaults(func=cmd_bench)
 
+    reference = commands.add_parser("reference", help="the reference implementation's detections (FP32)")
+    reference.add_argument("--onnx", required=True)
+    reference.add_argument("--cfg", required=True)
+    reference.add_argument("--weights", required=True)
+    reference.add_argument("--images", required=True)
+    reference.add_argument("--count", type=_positive_int, required=True, help="the first COUNT images")
+    reference.add_argument("--output", required=True)
+    reference.set_defaults(func=cmd_reference)
+
+    accuracy = commands.add_parser("accuracy", help="score one engine's detections (COCO mAP, agreement)")
+    accuracy.add_argument("--engine", required=True)
+    accuracy.add_argument("--engine-file", required=True)
+    accuracy.add_argument("--model", required=True)
+    accuracy.add_argument("--images", required=True)
+    accuracy.add_argument("--reference", required=True, help="the JSON of `yoloforge reference`")
+    accuracy.add_argument("--max-map-drop", type=_non_negative_float, default=0.01)
+    accuracy.add_argument("--output", required=True)
+    accuracy.add_argument("--coco-output", required=True, help="detections in COCO's results format")
+    accuracy.add_argument("--draw-dir", help="draw the first images beside the reference's, here")
+    accuracy.add_argument("--draw", type=int, default=4, help="how many images to draw")
+    accuracy.add_argument("--target", default="local", help="the configured target this runs on")
+    accuracy.set_defaults(func=cmd_accuracy)
+
     unavailable = commands.add_parser("unavailable", help="the table row of an engine that cannot run here")
     unavailable.add_argument("--device", required=True, help="the JSON of `yoloforge device`")
     unavailable.add_argument("--model", required=True)
@@ -365,9 +438,9 @@ def build_parser() -> argparse.ArgumentParser:
     table.add_argument("--markdown", help="also write its summary columns as a markdown table")
     table.add_argument(
         "--accuracy",
-        nargs="+",
+        nargs="*",
         default=[],
-        help="accuracy JSON files, joined on model, size, engine and precision"
+        help="accuracy JSON files, joined on target, model, size, engine and precision"
         " (after the results, or end with --)",
     )
     table.add_argument("--checkout", default=".", help="the workflow's checkout, for its git commit")

@@ -67,14 +67,19 @@ def decode_rgb(data: bytes, name: str = "image bytes") -> np.ndarray:
         raise YoloforgeError(f"not a readable image ({error.__class__.__name__})", name) from None
 
 
+def letterbox_geometry(source_w: int, source_h: int, width: int, height: int) -> tuple[int, int, int, int]:
+    """Where `letterbox` puts a source_w x source_h image in the input: (new_w, new_h, left, top)."""
+    scale = min(width / source_w, height / source_h)
+    new_w, new_h = max(1, round(source_w * scale)), max(1, round(source_h * scale))
+    return new_w, new_h, (width - new_w) // 2, (height - new_h) // 2
+
+
 def letterbox(image: np.ndarray, width: int, height: int) -> np.ndarray:
     """RGB uint8 HxWx3 -> float32 3xHxW in [0, 1], aspect kept, padded with mid-gray."""
     source_h, source_w = image.shape[:2]
-    scale = min(width / source_w, height / source_h)
-    new_w, new_h = max(1, round(source_w * scale)), max(1, round(source_h * scale))
+    new_w, new_h, left, top = letterbox_geometry(source_w, source_h, width, height)
     resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
     canvas = np.full((height, width, 3), LETTERBOX_FILL, dtype=np.float32)
-    top, left = (height - new_h) // 2, (width - new_w) // 2
     canvas[top : top + new_h, left : left + new_w] = resized.astype(np.float32) / 255
     return np.ascontiguousarray(canvas.transpose(2, 0, 1))
 

@@ -19,7 +19,7 @@ from yoloforge.timing import STAGES
 # article's Darknet (OpenCV DNN reads cfg + weights) on a CPU, PyTorch eager on a GPU.
 BASELINES = {"cpu": ("opencv-darknet", "fp32"), "cuda": ("torch-eager", "fp32")}
 ROW = ["target", "model", "width", "height", "engine", "precision", "batch", "scope"]
-ACCURACY_KEY = ["model", "width", "height", "engine", "precision"]
+ACCURACY_KEY = ["target", "model", "width", "height", "engine", "precision"]
 STAGE_COLUMNS = [f"stage_{stage}_ms" for stage in STAGES]
 # Accuracy JSON keys that would collide with timing columns get this prefix.
 ACCURACY_RENAMED = {"batch", "images", "images_source", "reference"}
