@@ -23,6 +23,16 @@ ACCURACY_KEY = ["target", "model", "width", "height", "engine", "precision"]
 STAGE_COLUMNS = [f"stage_{stage}_ms" for stage in STAGES]
 # Accuracy JSON keys that would collide with timing columns get this prefix.
 ACCURACY_RENAMED = {"batch", "images", "images_source", "reference"}
+ACCURACY_NUMBERS = [
+    "accuracy_batch",
+    "accuracy_images",
+    "coco_map50_95",
+    "coco_map50",
+    "agreement_precision",
+    "agreement_recall",
+    "agreement_map50",
+    "non_finite_outputs",
+]
 ACCURACY_COLUMNS = [
     "accuracy_batch",
     "accuracy_images",
@@ -152,6 +162,10 @@ def build_table(
     if accuracy_files:
         accuracy = _accuracy_rows(list(accuracy_files))
         table = table.drop(columns=ACCURACY_COLUMNS).merge(accuracy, on=ACCURACY_KEY, how="left")
+        # Figures stay numbers when every value is missing (no annotations: no COCO mAP), so the
+        # Parquet and CSV tables read back alike.
+        for column in ACCURACY_NUMBERS:
+            table[column] = pd.to_numeric(table[column]).astype(float)
     table["ms_per_image"] = table["median_ms"] / table["batch"]
     table["achieved_tflops"] = table["gflops_per_image"] * table["images_per_second"] / 1e3
     table["baseline"] = table["device_kind"].map(lambda kind: " ".join(BASELINES.get(kind, ())) or None)
