@@ -125,15 +125,19 @@ def test_slurm_run_submits_every_job_and_matches_local_run(cluster, local_run, t
         "report",
         "all",
     }
-    # One device probe per target, on it; each engine built and timed in one job, per target.
-    assert Counter(job["Comment"] for job in jobs) == {
+    # One device probe per target, on it; each engine built and timed in one job, and scored in
+    # another, per target; one reference per model size, for every target.
+    accuracy = [job for job in jobs if job["Comment"].startswith("rule_accuracy_wildcards_")]
+    assert sorted(job["Comment"].split("_")[3] for job in accuracy) == sorted(list(TARGETS) * len(ENGINES))
+    assert Counter(job["Comment"] for job in jobs if job not in accuracy) == {
         "rule_device_wildcards_local": 1,
         "rule_device_wildcards_second": 1,
         "rule_convert_wildcards_net_64": 1,
+        "rule_reference_wildcards_net_64": 1,
         "rule_engine_bench_build": len(TARGETS) * len(ENGINES),
     }
     placed = [job for job in jobs if job["Features"] == FEATURE]
-    assert len(placed) == 1 + len(ENGINES)
+    assert len(placed) == 1 + 2 * len(ENGINES)
     assert "rule_device_wildcards_second" in {job["Comment"] for job in placed}
     assert {job["Partition"] for job in placed} == {PARTITION}
 
@@ -142,7 +146,7 @@ def test_slurm_run_submits_every_job_and_matches_local_run(cluster, local_run, t
     gpu_jobs = sorted(
         (job for job in jobs if "gpu:1" in job.get("TresPerJob", "")), key=lambda job: job["StartTime"]
     )
-    assert len(gpu_jobs) == len(TARGETS) * (1 + len(ENGINES))
+    assert len(gpu_jobs) == len(TARGETS) * (1 + 2 * len(ENGINES))
     for before, after in zip(gpu_jobs, gpu_jobs[1:], strict=False):
         assert _time(after["StartTime"]) >= _time(before["EndTime"]), (before, after)
     assert any(
