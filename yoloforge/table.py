@@ -23,16 +23,6 @@ ACCURACY_KEY = ["target", "model", "width", "height", "engine", "precision"]
 STAGE_COLUMNS = [f"stage_{stage}_ms" for stage in STAGES]
 # Accuracy JSON keys that would collide with timing columns get this prefix.
 ACCURACY_RENAMED = {"batch", "images", "images_source", "reference"}
-ACCURACY_NUMBERS = [
-    "accuracy_batch",
-    "accuracy_images",
-    "coco_map50_95",
-    "coco_map50",
-    "agreement_precision",
-    "agreement_recall",
-    "agreement_map50",
-    "non_finite_outputs",
-]
 ACCURACY_COLUMNS = [
     "accuracy_batch",
     "accuracy_images",
@@ -45,6 +35,11 @@ ACCURACY_COLUMNS = [
     "agreement_map50",
     "non_finite_outputs",
     "accuracy_gate",
+]
+ACCURACY_NUMBERS = [
+    column
+    for column in ACCURACY_COLUMNS
+    if column not in ("accuracy_images_source", "accuracy_reference", "accuracy_gate")
 ]
 COLUMNS = [
     *ROW,
