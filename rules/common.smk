@@ -90,9 +90,15 @@ def table_rows(wildcards):
     return [row for target in config["targets"] for row in target_rows(target)]
 
 
-def target_rows(target):
+def target_probe(target):
+    """What the `device` checkpoint found on `target`: per engine, its fingerprint id and, per
+    precision, None where it runs or the reason it cannot."""
     with open(checkpoints.device.get(target=target).output[0]) as handle:
-        probe = json.load(handle)["engines"]
+        return json.load(handle)["engines"]
+
+
+def target_rows(target):
+    probe = target_probe(target)
     rows = []
     for model, spec in config["models"].items():
         for size in spec["sizes"]:
@@ -134,8 +140,7 @@ def accuracy_results(wildcards):
     """One accuracy result per target, model size, and engine and precision the target runs."""
     results = []
     for target in config["targets"]:
-        with open(checkpoints.device.get(target=target).output[0]) as handle:
-            probe = json.load(handle)["engines"]
+        probe = target_probe(target)
         results += [
             f"results/accuracy/{target}/{probe[engine]['id']}/{model}-{size}/{engine}-{precision}.json"
             for model, spec in config["models"].items()
