@@ -118,7 +118,7 @@ def test_reference_finds_the_obvious_objects(tiny):
     _, _, reference = tiny
     assert reference["reference"] == "opencv-darknet fp32"
     found = {
-        image["file"].split("-", 1)[1].removesuffix(".png"): {
+        image["file"].split("-", 1)[1].removesuffix(".jpg"): {
             CLASS_NAMES[int(box[5])] for box in image["boxes"]
         }
         for image in reference["images"]
@@ -128,7 +128,7 @@ def test_reference_finds_the_obvious_objects(tiny):
     for photo, classes in EXPECTED.items():
         assert classes <= found[photo], photo
     # Boxes are in the photo's own pixels: inside it, and the cup covers much of coffee (400x600).
-    coffee = next(image for image in reference["images"] if image["file"].endswith("coffee.png"))
+    coffee = next(image for image in reference["images"] if image["file"].endswith("coffee.jpg"))
     assert (coffee["width"], coffee["height"]) == (600, 400)
     x0, y0, x1, y1 = coffee["boxes"][0][:4]
     assert 0 <= x0 < x1 <= 600 and 0 <= y0 < y1 <= 400 and (x1 - x0) * (y1 - y0) > 0.2 * 600 * 400

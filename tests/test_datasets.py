@@ -145,4 +145,4 @@ def test_offline_substitutes_say_so(tmp_path):
     )
     # Calibration never reuses an evaluated image.
     assert not {i["source"] for i in calibration["images"]} & set(sources)
-    assert len(list((tmp_path / "eval").glob("*.png"))) == 8
+    assert len(list((tmp_path / "eval").glob("*.jpg"))) == 8

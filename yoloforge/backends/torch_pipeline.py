@@ -1,0 +1,137 @@
+"""End-to-end stages of the PyTorch engines, run where the engine runs.
+
+On a GPU the encoded images go in and only the kept boxes come back: JPEG decoding by nvJPEG
+(where torchvision is installed), letterbox, normalization and layout on the device, and
+batched class-aware NMS on the device, with one small copy of the results to the host. The same
+code runs on the CPU, where the tests compare it with the host pipeline (images.letterbox,
+detections.decode).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from concurrent.futures import Executor
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from yoloforge.detections import Boxes
+from yoloforge.images import LETTERBOX_FILL, decode_rgb, letterbox_geometry
+
+if TYPE_CHECKING:
+    import torch
+
+# Candidates per image that the device NMS considers, the highest-scoring: its IoU matrix is
+# this squared per image. The host decode takes up to 10,000; both keep at most 300 boxes.
+DEVICE_NMS_CANDIDATES = 1024
+JPEG_MAGIC = b"\xff\xd8\xff"
+
+
+def decode_images(encoded: Sequence[bytes], device: torch.device, pool: Executor) -> list[Any]:
+    """Encoded images -> RGB images: [3, H, W] uint8 tensors on the GPU when every image is a
+    JPEG and torchvision's nvJPEG decoder is available, else [H, W, 3] uint8 arrays decoded on
+    the host by `pool`'s threads."""
+    if device.type == "cuda" and all(data.startswith(JPEG_MAGIC) for data in encoded):
+        try:
+            import torch
+            from torchvision.io import ImageReadMode, decode_jpeg
+        except ImportError:
+            pass
+        else:
+            data = [torch.frombuffer(bytearray(image), dtype=torch.uint8) for image in encoded]
+            return decode_jpeg(data, mode=ImageReadMode.RGB, device=device)
+    return list(pool.map(decode_rgb, encoded))
+
+
+def letterbox_batch(
+    images: Sequence[Any],
+    width: int,
+    height: int,
+    device: torch.device,
+    dtype: torch.dtype,
+    channels_last: bool = False,
+) -> torch.Tensor:
+    """RGB uint8 images ([H, W, 3] arrays or [3, H, W] tensors) -> the engine's input batch
+    [N, 3, height, width] in [0, 1], as images.letterbox makes it: aspect kept, antialiased
+    bilinear resize rounded to uint8 (as Pillow's), mid-gray padding."""
+    import torch
+    import torch.nn.functional as F
+
+    batch = torch.full((len(images), 3, height, width), LETTERBOX_FILL, device=device, dtype=torch.float32)
+    for index, image in enumerate(images):
+        if isinstance(image, np.ndarray):
+            # Pinned memory lets the copy run asynchronously with the host's next image.
+            host = torch.from_numpy(np.ascontiguousarray(image))
+            if device.type == "cuda":
+                host = host.pin_memory()
+            image = host.to(device, non_blocking=True).permute(2, 0, 1)
+        source_h, source_w = image.shape[1:]
+        new_w, new_h, left, top = letterbox_geometry(source_w, source_h, width, height)
+        resized = F.interpolate(
+            image[None].float(), size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False
+        )
+        batch[index, :, top : top + new_h, left : left + new_w] = resized[0].round_().clamp_(0, 255) / 255
+    batch = batch.to(dtype)
+    return batch.contiguous(memory_format=torch.channels_last) if channels_last else batch
+
+
+def nms_batch(
+    detections: torch.Tensor,
+    score_threshold: float = 0.25,
+    iou_threshold: float = 0.45,
+    max_boxes: int = 300,
+    candidates: int = DEVICE_NMS_CANDIDATES,
+) -> list[Boxes]:
+    """Rows [N, boxes, 5 + classes] -> per image boxes after class-aware NMS, as
+    detections.decode finds them, computed for the whole batch on the rows' device.
+
+    Greedy NMS keeps candidate j (in descending score) unless a kept, higher-scoring candidate
+    of its class overlaps it. Instead of one candidate at a time, every image's whole
+    suppression matrix is built at once and `keep` is iterated to its fixed point: each pass
+    settles at least the next candidate in order, and passes stop as soon as nothing changes
+    (a handful in practice), so the result is exactly greedy NMS.
+    """
+    import torch
+
+    rows = detections.float()
+    count, boxes, channels = rows.shape
+    scores = (rows[..., 4:5] * rows[..., 5:]).reshape(count, -1)
+    top_scores, top_index = scores.topk(min(candidates, scores.shape[1]), dim=1)
+    box_index = torch.div(top_index, channels - 5, rounding_mode="floor")
+    classes = top_index % (channels - 5)
+    picked = rows.gather(1, box_index[..., None].expand(-1, -1, 4))
+    xyxy = torch.cat([picked[..., :2] - picked[..., 2:] / 2, picked[..., :2] + picked[..., 2:] / 2], dim=2)
+    valid = top_scores > score_threshold
+
+    top_left = torch.maximum(xyxy[:, :, None, :2], xyxy[:, None, :, :2])
+    bottom_right = torch.minimum(xyxy[:, :, None, 2:], xyxy[:, None, :, 2:])
+    intersection = (bottom_right - top_left).clamp(min=0).prod(dim=3)
+    area = (xyxy[..., 2:] - xyxy[..., :2]).clamp(min=0).prod(dim=2)
+    union = area[:, :, None] + area[:, None, :] - intersection
+    # The IoU itself, not intersection > threshold x union: the host decode divides, and the two
+    # must round alike at the threshold.
+    overlaps = torch.where(union > 0, intersection / union.clamp(min=1e-12), 0) > iou_threshold
+    order = torch.arange(overlaps.shape[1], device=rows.device)
+    # suppresses[b, i, j]: candidate i, if kept, removes the lower-scoring candidate j.
+    suppresses = (
+        overlaps
+        & (classes[:, :, None] == classes[:, None, :])
+        & (order[:, None] < order[None, :])
+        & valid[:, :, None]
+    )
+    keep = valid
+    for _ in range(overlaps.shape[1]):
+        settled = valid & ~(suppresses & keep[:, :, None]).any(dim=1)
+        if torch.equal(settled, keep):
+            break
+        keep = settled
+    keep &= keep.cumsum(dim=1) <= max_boxes
+
+    # One copy to the host for the whole batch: boxes, score, class and the keep flag.
+    packed = torch.cat([xyxy, top_scores[..., None], classes[..., None].float(), keep[..., None].float()], 2)
+    packed = packed.cpu().numpy()
+    results = []
+    for image in packed:
+        kept = image[image[:, 6] > 0]
+        results.append(Boxes(kept[:, :4].copy(), kept[:, 4].copy(), kept[:, 5].astype(np.int64)))
+    return results
