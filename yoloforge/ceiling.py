@@ -36,7 +36,10 @@ def ceiling_device() -> dict[str, object] | None:
     torch = _torch()
     if torch is None:
         return None
-    return (cuda_fingerprint() if torch.cuda.is_available() else None) or cpu_fingerprint()
+    if not torch.cuda.is_available():
+        return cpu_fingerprint()
+    # Without nvidia-smi the kind must still say cuda: the table matches ceilings to rows by kind.
+    return cuda_fingerprint() or {"kind": "cuda", "name": torch.cuda.get_device_name()}
 
 
 def measure_ceilings() -> dict[str, dict[str, Any]]:
@@ -59,18 +62,17 @@ def _cuda_ceilings(torch) -> dict[str, dict[str, Any]]:
     if torch.cuda.is_bf16_supported(including_emulation=False):
         precisions["bf16"] = torch.bfloat16
     cudnn = torch.backends.cudnn
-    saved = (cudnn.benchmark, cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32)
-    # The legacy switches, as the torch engines set them (PyTorch refuses to mix the two APIs).
+    saved = (cudnn.benchmark, cudnn.allow_tf32)
+    # The legacy switch, as the torch engines set it (PyTorch refuses to mix the two APIs).
     # fp32 means IEEE fp32, as in the fp32 engines: TF32 tensor cores would be a different roof.
     cudnn.benchmark = True
     cudnn.allow_tf32 = False
-    torch.backends.cuda.matmul.allow_tf32 = False
     try:
         return {
             name: _time_convolution(torch, "cuda", dtype, CUDA_SHAPE) for name, dtype in precisions.items()
         }
     finally:
-        cudnn.benchmark, cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+        cudnn.benchmark, cudnn.allow_tf32 = saved
         torch.cuda.empty_cache()
 
 
