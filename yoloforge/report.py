@@ -252,7 +252,7 @@ def write_report(
             ("plot-speedup", "Speedup over the baseline of the same device", speedup_plot(timed)),
             ("plot-batch", "Latency per image against batch size", batch_plot(timed)),
         ]
-    if "achieved_tflops" in timed and (timed["scope"].eq("model") & timed["achieved_tflops"].notna()).any():
+    if (timed["scope"].eq("model") & timed["achieved_tflops"].notna()).any():
         plots.append(
             ("plot-roofline", "Achieved TFLOP/s against the device's measured ceilings", roofline_plot(timed))
         )
