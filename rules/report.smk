@@ -8,6 +8,8 @@ rule table:
     input:
         rows=table_rows,
         accuracy=accuracy_results,
+        # Each target's measured compute ceilings, for the roofline.
+        device=expand("results/device/{target}.json", target=config["targets"]),
     output:
         csv=report(
             "results/benchmark.csv",
@@ -31,7 +33,7 @@ rule table:
         "python -m yoloforge table --output {output.csv} --parquet {output.parquet}"
         " --markdown {output.markdown} --checkout {params.checkout}"
         " --config-sha256 {params.config_sha256} {input.rows}"
-        " --accuracy {input.accuracy} > {log} 2>&1"
+        " --accuracy {input.accuracy} --device {input.device} > {log} 2>&1"
 
 
 rule report:

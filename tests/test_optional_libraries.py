@@ -48,7 +48,9 @@ def test_package_and_cli_without_engine_libraries(tmp_path):
         """
     )
     assert result.returncode == 0, result.stderr
-    engines = json.loads(output.read_text())["engines"]
+    report = json.loads(output.read_text())
+    assert report["ceilings"] == {"device": None, "precisions": {}}  # no PyTorch, no roofline
+    engines = report["engines"]
     for name, probe in engines.items():
         reasons = probe["precisions"].values()
         assert all(reasons), (name, probe)  # nothing claims to run

@@ -106,8 +106,28 @@ def accuracy_files(runs):
     ]
 
 
+# `yoloforge device` output for the target "local" (bench's default) with a made-up CPU ceiling.
+CEILING_TFLOPS = 0.5
+
+
+def _device_probe(path, ceilings):
+    path.parent.mkdir(exist_ok=True)
+    path.write_text(json.dumps({"engines": {}, **ceilings}))
+    return path
+
+
 @pytest.fixture(scope="module")
-def table_files(runs, accuracy_files):
+def device_file(runs):
+    folder, _ = runs
+    ceiling = {"tflops": CEILING_TFLOPS, "shape": "conv 3x3", "ms": 6.4}
+    device = {"kind": "cpu", "name": "test"}
+    return _device_probe(
+        folder / "device" / "local.json", {"ceilings": {"device": device, "precisions": {"fp32": ceiling}}}
+    )
+
+
+@pytest.fixture(scope="module")
+def table_files(runs, accuracy_files, device_file):
     folder, results = runs
     output = folder / "table" / "benchmark.csv"
     args = ["table", "--output", str(output), "--parquet", str(output.with_suffix(".parquet"))]
@@ -119,7 +139,8 @@ def table_files(runs, accuracy_files):
         "--config-sha256",
         "c0ffee",
     ]
-    args += ["--accuracy", *map(str, accuracy_files), "--", *(f"{p}.json" for p in results["a"])]
+    args += ["--accuracy", *map(str, accuracy_files), "--device", str(device_file)]
+    args += ["--", *(f"{p}.json" for p in results["a"])]
     assert main(args) == 0
     return output
 
@@ -159,6 +180,32 @@ def test_accuracy_columns_join_every_batch_and_scope(table_files):
     assert markdown.count("agreement mAP50 0.97 (pass)") == len(BATCHES) * 2
 
 
+def test_table_joins_the_ceiling_of_the_rows_target(table_files):
+    table = read_table(table_files.with_suffix(".parquet"))  # unrounded, as the markdown was written
+    assert (table["ceiling_tflops"] == CEILING_TFLOPS).all()
+    np.testing.assert_allclose(table["fraction_of_ceiling"], table["achieved_tflops"] / CEILING_TFLOPS)
+    markdown = table_files.with_suffix(".md").read_text()
+    assert "| of ceiling |" in markdown
+    fraction = table["fraction_of_ceiling"].iloc[0] * 100
+    assert f"| {fraction:.3g}% |" in markdown
+
+
+def test_rows_without_a_ceiling_keep_numeric_nan_columns(runs, device_file, tmp_path):
+    _, results = runs
+    files = [f"{p}.json" for p in results["a"]]
+    gpu_only = {"device": {"kind": "cuda", "name": "GPU"}, "precisions": {"fp32": {"tflops": 44.0}}}
+    for devices in (
+        [],  # no probe given
+        [_device_probe(tmp_path / "other-target.json", json.loads(device_file.read_text()))],
+        [_device_probe(tmp_path / "local.json", {})],  # probed with --no-ceilings
+        # A GPU node's ceiling is not the roof of its CPU engines.
+        [_device_probe(tmp_path / "gpu" / "local.json", {"ceilings": gpu_only})],
+    ):
+        table = build_table(files, device_files=devices)
+        assert table["ceiling_tflops"].isna().all(), devices
+        assert table["fraction_of_ceiling"].dtype == float and table["ceiling_tflops"].dtype == float
+
+
 def test_table_without_accuracy_and_bad_accuracy_files(runs, tmp_path):
     _, results = runs
     table = build_table([f"{p}.json" for p in results["a"]])
@@ -174,9 +221,19 @@ def test_report_holds_the_table_and_every_plot(runs, table_files, tmp_path):
     _, results = runs
     latencies = [f"{p}.parquet" for p in results["a"]]
     plots = write_report(read_table(table_files), latencies, tmp_path / "report.html")
-    assert plots == ["plot-latency", "plot-speedup", "plot-batch", "plot-distribution", "plot-accuracy"]
+    assert plots == [
+        "plot-latency",
+        "plot-speedup",
+        "plot-batch",
+        "plot-roofline",
+        "plot-distribution",
+        "plot-accuracy",
+    ]
     text = (tmp_path / "report.html").read_text()
     assert text.count("<svg") == len(plots)
+    roofline = re.search(r'<figure id="plot-roofline">.*?</figure>', text, re.DOTALL).group(0)
+    assert f"FP32 ceiling {CEILING_TFLOPS:.3g} TFLOP/s" in roofline
+    assert "<th>of ceiling</th>" in text
     assert not re.search(r"<script|<link|@import|(src|href)=\"(?!#)", text)  # nothing to fetch
     without_accuracy = build_table([f"{p}.json" for p in results["a"]])
     assert "plot-accuracy" not in write_report(without_accuracy, latencies, tmp_path / "plain.html")

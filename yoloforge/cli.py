@@ -267,7 +267,7 @@ def cmd_table(args: argparse.Namespace) -> None:
     from yoloforge.table import build_table, checkout_state, write_table
 
     provenance = {**checkout_state(args.checkout), "config_sha256": args.config_sha256}
-    table = build_table(args.results, args.accuracy, provenance)
+    table = build_table(args.results, args.accuracy, provenance, args.device)
     write_table(table, args.output, args.parquet, args.markdown)
     log.info("wrote %s from %d results (%d rows)", args.output, len(args.results), len(table))
 
@@ -301,6 +301,12 @@ def cmd_device(args: argparse.Namespace) -> None:
     engines = args.engine or list(BACKENDS)
     args.precision = args.precision or ["fp32", "fp16", "bf16", "int8"]
     report = {"engines": {name: get_backend(name).probe(args.precision) for name in engines}}
+    if not args.no_ceilings:
+        from yoloforge.ceiling import ceiling_device, measure_ceilings
+
+        # Beside the engine probes, never inside their fingerprints: a timing varies from run to
+        # run, and engine folders must not.
+        report["ceilings"] = {"device": ceiling_device(), "precisions": measure_ceilings()}
     if args.output:
         write_json(args.output, report)
     for name, probe in report["engines"].items():
@@ -443,6 +449,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="accuracy JSON files, joined on target, model, size, engine and precision"
         " (after the results, or end with --)",
     )
+    table.add_argument(
+        "--device",
+        nargs="*",
+        default=[],
+        help="the JSON of `yoloforge device` per target, named TARGET.json: its measured ceilings"
+        " (after the results, or end with --)",
+    )
     table.add_argument("--checkout", default=".", help="the workflow's checkout, for its git commit")
     table.add_argument("--config-sha256", default="unknown", help="sha256 of the workflow's config")
     table.add_argument("results", nargs="+")
@@ -464,6 +477,9 @@ def build_parser() -> argparse.ArgumentParser:
     device.add_argument("--engine", action="append", help="default: every engine")
     device.add_argument("--precision", action="append", default=None)
     device.add_argument("--output", help="write the report as JSON")
+    device.add_argument(
+        "--no-ceilings", action="store_true", help="skip timing the convolution of the roofline's ceilings"
+    )
     device.set_defaults(func=cmd_device)
     return parser
 

@@ -186,6 +186,44 @@ def accuracy_plot(timed: pd.DataFrame) -> str:
     return _svg(figure)
 
 
+def roofline_plot(timed: pd.DataFrame) -> str:
+    """Each row's achieved TFLOP/s (model scope) under the measured ceilings of its device."""
+    import matplotlib.pyplot as plt
+
+    rows = timed[(timed["scope"] == "model") & timed["achieved_tflops"].notna()]
+    labels = sorted({_label(row) for _, row in rows.iterrows()})
+    figure, axis = plt.subplots(figsize=(max(6, 2 + 0.45 * len(labels)), 5))
+    for batch, part in rows.groupby("batch"):
+        axis.scatter(
+            [labels.index(_label(row)) for _, row in part.iterrows()],
+            part["achieved_tflops"],
+            label=f"batch {batch}",
+        )
+    ceilings = (
+        rows[rows["ceiling_tflops"].notna()]
+        .drop_duplicates(["device_name", "precision"])
+        .sort_values("ceiling_tflops", ascending=False)
+    )
+    several = ceilings["device_name"].nunique() > 1
+    # Labelled in the legend, not on the lines: FP16 and BF16 ceilings lie too close for text.
+    styles = ["--", ":", "-.", (0, (6, 2, 1, 2, 1, 2))]
+    for index, (_, row) in enumerate(ceilings.iterrows()):
+        device = f" ({row['device_name']})" if several else ""
+        axis.axhline(
+            row["ceiling_tflops"],
+            color="dimgray",
+            linestyle=styles[index % len(styles)],
+            linewidth=1.2,
+            label=f"{row['precision'].upper()} ceiling {row['ceiling_tflops']:.3g} TFLOP/s{device}",
+        )
+    axis.set_yscale("log")  # CPU engines reach a thousandth of a GPU's ceiling
+    axis.set_xticks(range(len(labels)), labels, rotation=60, ha="right", fontsize=8)
+    axis.set_ylabel("achieved TFLOP/s (model scope, p50)")
+    axis.grid(axis="y", alpha=0.3)
+    axis.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.02, 1))
+    return _svg(figure)
+
+
 def read_latencies(files: list[str | os.PathLike]) -> pd.DataFrame:
     frames = []
     for path in files:
@@ -214,6 +252,10 @@ def write_report(
             ("plot-speedup", "Speedup over the baseline of the same device", speedup_plot(timed)),
             ("plot-batch", "Latency per image against batch size", batch_plot(timed)),
         ]
+    if (timed["scope"].eq("model") & timed["achieved_tflops"].notna()).any():
+        plots.append(
+            ("plot-roofline", "Achieved TFLOP/s against the device's measured ceilings", roofline_plot(timed))
+        )
     latencies = read_latencies(latency_files)
     if len(latencies):
         plots.append(
@@ -233,7 +275,9 @@ def write_report(
         '<p class="note">p50 is the median over every timed iteration; p10-p90 is the spread of this'
         " run's iterations, which a rerun's p50 stays within only if the machine is as quiet as it was"
         " (compare runs with <code>yoloforge compare</code>). Speedup: ms per image of the device's baseline"
-        " (opencv-darknet fp32 on a CPU, torch-eager fp32 on a GPU) over the row's. The full table,"
+        " (opencv-darknet fp32 on a CPU, torch-eager fp32 on a GPU) over the row's. Of ceiling: the row's"
+        " TFLOP/s over the device's measured ceiling at its precision (a large 3x3 convolution, timed"
+        " by <code>yoloforge device</code>). The full table,"
         " with every column, is benchmark.csv.</p>",
         summary_table(table).to_html(index=False, table_id="benchmark-table", na_rep="", escape=True),
     ]

@@ -58,6 +58,8 @@ COLUMNS = [
     "speedup",
     "gflops_per_image",
     "achieved_tflops",
+    "ceiling_tflops",
+    "fraction_of_ceiling",
     "build_seconds",
     "engine_bytes",
     "threads",
@@ -123,6 +125,25 @@ def _accuracy_rows(files: list[str | os.PathLike]) -> pd.DataFrame:
     return frame[[*ACCURACY_KEY, *ACCURACY_COLUMNS]]
 
 
+def _ceilings(files: list[str | os.PathLike]) -> dict[tuple[str, str, str], float]:
+    """(target, device kind, precision) -> TFLOP/s each target's device probe measured.
+
+    A probe's file is named TARGET.json (results/device/TARGET.json).
+    """
+    ceilings: dict[tuple[str, str, str], float] = {}
+    targets = set()
+    for path in files:
+        target = Path(path).stem
+        if target in targets:
+            raise YoloforgeError(f"two device probes for target {target}", path)
+        targets.add(target)
+        record = _read_json(path, "device probe").get("ceilings") or {}
+        kind = (record.get("device") or {}).get("kind")
+        for precision, figures in (record.get("precisions") or {}).items():
+            ceilings[(target, kind, precision)] = float(figures["tflops"])
+    return ceilings
+
+
 def checkout_state(directory: str | os.PathLike) -> dict[str, Any]:
     """The git commit of a checkout and whether its tree differs from it ("unknown" outside git)."""
 
@@ -145,10 +166,13 @@ def build_table(
     result_files: list[str | os.PathLike],
     accuracy_files: list[str | os.PathLike] = (),
     provenance: dict[str, Any] | None = None,
+    device_files: list[str | os.PathLike] = (),
 ) -> pd.DataFrame:
-    """Timing results (and optionally accuracy results) -> the comparison table.
+    """Timing results (and optionally accuracy results and device probes) -> the comparison table.
 
-    `provenance` (git_commit, git_dirty, config_sha256) is the same for every row.
+    `provenance` (git_commit, git_dirty, config_sha256) is the same for every row. A row's ceiling
+    is the one its target's probe measured at the row's precision on the kind of device the row ran
+    on (a CPU engine on a GPU node has none); int8 rows and targets without a probe have none.
     """
     rows = [row for path in result_files for row in _timing_rows(path)]
     table = pd.DataFrame(rows).reindex(columns=COLUMNS)
@@ -163,6 +187,16 @@ def build_table(
             table[column] = pd.to_numeric(table[column]).astype(float)
     table["ms_per_image"] = table["median_ms"] / table["batch"]
     table["achieved_tflops"] = table["gflops_per_image"] * table["images_per_second"] / 1e3
+    ceilings = _ceilings(list(device_files))
+    table["ceiling_tflops"] = pd.Series(
+        [
+            ceilings.get(key, float("nan"))
+            for key in zip(table["target"], table["device_kind"], table["precision"], strict=True)
+        ],
+        index=table.index,
+        dtype=float,
+    )
+    table["fraction_of_ceiling"] = table["achieved_tflops"] / table["ceiling_tflops"]
     table["baseline"] = table["device_kind"].map(lambda kind: " ".join(BASELINES.get(kind, ())) or None)
     same_device = ["target", "model", "width", "height", "batch", "scope", "device_kind", "device_name"]
     is_baseline = pd.Series(
@@ -204,6 +238,7 @@ SUMMARY = {
     "images_per_second": "img/s",
     "speedup": "speedup",
     "achieved_tflops": "TFLOP/s",
+    "fraction_of_ceiling": "of ceiling",
     "pre_post": "decode+pre / post ms",
     "accuracy": "accuracy",
     "device_name": "device",
@@ -226,6 +261,9 @@ def summary_table(table: pd.DataFrame) -> pd.DataFrame:
     cells["size"] = [f"{w}x{h}" for w, h in zip(table["width"], table["height"], strict=True)]
     for column in ("median_ms", "ms_per_image", "images_per_second", "speedup", "achieved_tflops"):
         cells[column] = table[column].map(_number)
+    cells["fraction_of_ceiling"] = table["fraction_of_ceiling"].map(
+        lambda fraction: f"{_number(100 * fraction)}%" if fraction == fraction else ""
+    )
     cells["spread"] = [
         f"{_number(low)}-{_number(high)}" if low == low else ""
         for low, high in zip(table["p10_ms"], table["p90_ms"], strict=True)
