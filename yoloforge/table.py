@@ -54,6 +54,7 @@ COLUMNS = [
     *STAGE_COLUMNS,
     "ms_per_image",
     "images_per_second",
+    "sequential_images_per_second",
     "baseline",
     "speedup",
     "gflops_per_image",
