@@ -292,7 +292,11 @@ def cmd_compare(args: argparse.Namespace) -> None:
     comparison = compare_tables(read_table(args.first), read_table(args.second))
     if comparison.empty:
         raise YoloforgeError(f"no row is timed both here and in {args.first}", args.second)
-    text = f"A: {args.first}\nB: {args.second}\n\n{markdown_table(comparison)}"
+    inside = int((comparison["b_p50_in_a_spread"] == "true").sum())
+    text = (
+        f"A: {args.first}\nB: {args.second}\n\n{markdown_table(comparison)}\n"
+        f"{inside} of {len(comparison)} rows: B's p50 inside A's p10-p90\n"
+    )
     sys.stdout.write(text)
     if args.output:
         with atomic_output(args.output) as tmp:
