@@ -235,7 +235,7 @@ def bench_scopes(
     scope, then the end-to-end scope: half of that share staged, half pipelined. The records'
     statistics are over every round's iterations, with each round's p50 in round_medians_ms. The
     end-to-end record has each stage's median as stage_<name>_ms, the pipelined throughput as
-    images_per_second and the staged one (batch / p50) as sequential_images_per_second.
+    images_per_second and the staged one (batch x 1000 / p50 ms) as sequential_images_per_second.
     """
     import pandas as pd
 
