@@ -26,6 +26,7 @@ rule bench:
         " --model {wildcards.model} --images {input.images}"
         " --batch {wildcards.batch} --warmup-seconds {params.timing[warmup_seconds]}"
         " --seconds {params.timing[seconds]} --min-iterations {params.timing[min_iterations]}"
+        " --rounds {params.timing[rounds]}"
         " --target {wildcards.target} --output {output.summary}"
         " --latencies {output.latencies} > {log} 2>&1"
 

@@ -84,3 +84,40 @@ def test_unknown_engine(tmp_path):
     output = tmp_path / "e.engine"
     result = run_cli("build", "--engine", "darknet9000", "--onnx", "x.onnx", "--output", str(output))
     _assert_clean_failure(result, output, "unknown engine 'darknet9000'")
+
+
+def test_compare_tells_whether_b_p50_lies_in_a_spread(tmp_path, capsys):
+    import pandas as pd
+
+    from yoloforge.cli import main
+
+    def table(name: str, figures: list[tuple[float, float, float]]) -> str:
+        rows = [
+            {
+                "target": "local",
+                "model": "m",
+                "width": 64,
+                "height": 64,
+                "engine": engine,
+                "precision": "fp32",
+                "batch": 1,
+                "scope": "model",
+                "median_ms": p50,
+                "p10_ms": p10,
+                "p90_ms": p90,
+                "images_per_second": 1000 / p50,
+            }
+            for engine, (p10, p50, p90) in zip(("a-engine", "b-engine", "c-engine"), figures, strict=True)
+        ]
+        path = tmp_path / f"{name}.csv"
+        pd.DataFrame(rows).to_csv(path, index=False)
+        return str(path)
+
+    a = table("a", [(9, 10, 12), (19, 20, 22), (29, 30, 32)])
+    b = table("b", [(9, 11, 12), (22, 23, 24), (29, 29, 30)])
+    assert main(["compare", a, b]) == 0
+    printed = capsys.readouterr().out
+    rows = {line.split(" | ")[2]: line for line in printed.splitlines() if line.startswith("| m ")}
+    assert rows["a-engine"].endswith("| true |") and rows["c-engine"].endswith("| true |")
+    assert rows["b-engine"].endswith("| false |")
+    assert printed.splitlines()[-1] == "2 of 3 rows: B's p50 inside A's p10-p90"

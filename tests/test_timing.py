@@ -10,7 +10,15 @@ from PIL import Image
 
 from yoloforge.backends import Runner
 from yoloforge.images import _bundled_photo, generated_scene
-from yoloforge.timing import STAGES, TimingBudget, bench_scopes, measure, measure_end_to_end, summarize
+from yoloforge.timing import (
+    STAGES,
+    TimingBudget,
+    bench_scopes,
+    measure,
+    measure_end_to_end,
+    measure_pipelined,
+    summarize,
+)
 
 CLASSES = 3
 
@@ -125,13 +133,86 @@ def test_a_delay_in_one_stage_shows_in_that_stage_and_the_total(stage, encoded_i
 
 
 def test_both_scopes_come_with_every_iteration(encoded_images):
-    runner = SleepingRunner(0.002)
     batches = [np.zeros((1, 3, 48, 64), np.float32)]
-    records, latencies = bench_scopes(runner, batches, encoded_images, 64, 48, 1, TimingBudget(0, 0.1, 3))
+    budget = TimingBudget(0, 0.1, 3, rounds=2)
+    records, latencies = bench_scopes(
+        lambda: SleepingRunner(0.002), batches, encoded_images, 64, 48, 1, budget
+    )
     assert [record["scope"] for record in records] == ["model", "end-to-end"]
     assert all(f"stage_{stage}_ms" in records[1] for stage in STAGES)
     for record in records:
         rows = latencies[latencies["scope"] == record["scope"]]
-        assert len(rows) == record["iterations"]
+        assert len(rows) == record["iterations"] >= 4  # min_iterations 3 over 2 rounds: 2 each
         assert rows["latency_ms"].median() == pytest.approx(record["median_ms"])
+        assert set(rows["round"]) == {0, 1} and len(record["round_medians_ms"]) == 2
     assert latencies.loc[latencies["scope"] == "model", "stage_decode_ms"].isna().all()
+    assert records[1]["sequential_images_per_second"] == pytest.approx(1000 / records[1]["median_ms"])
+
+
+class SlowerEachLoad:
+    """Loads engines that each run a little slower than the one before, as reloads can."""
+
+    def __init__(self) -> None:
+        self.loads = 0
+
+    def __call__(self) -> SleepingRunner:
+        self.loads += 1
+        return SleepingRunner(0.010 + 0.002 * (self.loads - 1))
+
+
+def test_the_spread_covers_every_round(encoded_images):
+    load = SlowerEachLoad()
+    batches = [np.zeros((1, 3, 48, 64), np.float32)]
+    budget = TimingBudget(0, 0.9, 3, rounds=3)
+    records, latencies = bench_scopes(load, batches, encoded_images, 64, 48, 1, budget)
+    assert load.loads == 3
+    for record in records:
+        # End to end, every stage but inference adds about the same time in every round.
+        offset = 0 if record["scope"] == "model" else record["round_medians_ms"][0] - 10
+        rounds = np.array(record["round_medians_ms"]) - offset
+        np.testing.assert_allclose(rounds, [10, 12, 14], rtol=0.1)
+        assert record["p10_ms"] < min(record["round_medians_ms"])
+        assert record["p90_ms"] > max(record["round_medians_ms"])
+        rows = latencies[latencies["scope"] == record["scope"]]
+        medians = rows.groupby("round")["latency_ms"].median()
+        np.testing.assert_allclose(medians, record["round_medians_ms"])
+
+
+class PipelineRunner(SleepingRunner):
+    """Decoding takes `decode_seconds` per batch on the host, inference `seconds` per batch."""
+
+    def __init__(self, seconds: float, decode_seconds: float) -> None:
+        super().__init__(seconds)
+        self.decode_seconds = decode_seconds
+
+    def decode(self, encoded: list[bytes]) -> list[np.ndarray]:
+        time.sleep(self.decode_seconds)
+        return [np.zeros((48, 64, 3), np.uint8) for _ in encoded]
+
+
+@pytest.mark.parametrize(("decode_ms", "inference_ms"), [(30, 20), (20, 30)])
+def test_pipelined_throughput_overlaps_decoding(decode_ms, inference_ms):
+    batch = 2
+    runner = PipelineRunner(inference_ms / 1000, decode_ms / 1000)
+    budget = TimingBudget(0, 0.6, 5)
+    staged = measure_end_to_end(runner, [b""] * 3, 64, 48, batch, budget)
+    assert np.median(staged["total"]) == pytest.approx(decode_ms + inference_ms, rel=0.15)
+    images, seconds = measure_pipelined(runner, [b""] * 3, 64, 48, batch, budget)
+    # Without the overlap this would be batch * 1000 / (decode_ms + inference_ms), 40% lower.
+    assert images / seconds == pytest.approx(batch * 1000 / max(decode_ms, inference_ms), rel=0.15)
+
+
+def test_end_to_end_record_reports_the_pipelined_throughput():
+    records, _ = bench_scopes(
+        lambda: PipelineRunner(0.02, 0.03),
+        [np.zeros((2, 3, 48, 64), np.float32)],
+        [b""] * 3,
+        64,
+        48,
+        2,
+        TimingBudget(0, 1.2, 5),
+    )
+    model, end_to_end = records
+    assert model["images_per_second"] == pytest.approx(2 * 1000 / 20, rel=0.1)
+    assert end_to_end["sequential_images_per_second"] == pytest.approx(2 * 1000 / 50, rel=0.15)
+    assert end_to_end["images_per_second"] == pytest.approx(2 * 1000 / 30, rel=0.15)

@@ -139,13 +139,14 @@ def cmd_bench(args: argparse.Namespace) -> None:
             f" the folder of {args.fingerprint}; engines are never moved between device folders",
             args.engine_file,
         )
-    runner = backend.load(args.engine_file, args.onnx)
     width, height = int(sidecar["model"]["width"]), int(sidecar["model"]["height"])
     paths = image_paths(args.images)[: args.batch * args.rotate]
     batches = preprocessed_batches(paths, width, height, args.batch, args.rotate)
     encoded = [path.read_bytes() for path in paths]  # read before timing: file I/O is not timed
-    budget = TimingBudget(args.warmup_seconds, args.seconds, args.min_iterations)
-    scopes, latencies = bench_scopes(runner, batches, encoded, width, height, args.batch, budget)
+    budget = TimingBudget(args.warmup_seconds, args.seconds, args.min_iterations, rounds=args.rounds)
+    scopes, latencies = bench_scopes(
+        lambda: backend.load(args.engine_file, args.onnx), batches, encoded, width, height, args.batch, budget
+    )
     result = {
         "model": args.model,
         "width": width,
@@ -175,7 +176,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
     write_json(args.output, result)
     for scope in scopes:
         log.info(
-            "%s %s %s b%d %s: median %.2f ms (p10 %.2f, p90 %.2f) over %d iterations",
+            "%s %s %s b%d %s: median %.2f ms (p10 %.2f, p90 %.2f) over %d iterations in %d rounds"
+            " (round medians %s), %.1f images/s",
             args.model,
             args.engine,
             result["precision"],
@@ -185,6 +187,9 @@ def cmd_bench(args: argparse.Namespace) -> None:
             scope["p10_ms"],
             scope["p90_ms"],
             scope["iterations"],
+            args.rounds,
+            " ".join(f"{median:.2f}" for median in scope["round_medians_ms"]),
+            scope["images_per_second"],
         )
 
 
@@ -287,7 +292,11 @@ def cmd_compare(args: argparse.Namespace) -> None:
     comparison = compare_tables(read_table(args.first), read_table(args.second))
     if comparison.empty:
         raise YoloforgeError(f"no row is timed both here and in {args.first}", args.second)
-    text = f"A: {args.first}\nB: {args.second}\n\n{markdown_table(comparison)}"
+    inside = int((comparison["b_p50_in_a_spread"] == "true").sum())
+    text = (
+        f"A: {args.first}\nB: {args.second}\n\n{markdown_table(comparison)}\n"
+        f"{inside} of {len(comparison)} rows: B's p50 inside A's p10-p90\n"
+    )
     sys.stdout.write(text)
     if args.output:
         with atomic_output(args.output) as tmp:
@@ -399,6 +408,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--warmup-seconds", type=_non_negative_float, default=1.0)
     bench.add_argument("--seconds", type=_non_negative_float, default=5.0)
     bench.add_argument("--min-iterations", type=_positive_int, default=3)
+    bench.add_argument(
+        "--rounds", type=_positive_int, default=3, help="engine loads the budget is split over"
+    )
     bench.add_argument("--target", default="local", help="the configured target this runs on")
     bench.add_argument("--output", required=True)
     bench.add_argument("--latencies", help="write every iteration's latencies here (Parquet)")

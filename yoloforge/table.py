@@ -54,6 +54,7 @@ COLUMNS = [
     *STAGE_COLUMNS,
     "ms_per_image",
     "images_per_second",
+    "sequential_images_per_second",
     "baseline",
     "speedup",
     "gflops_per_image",
@@ -333,7 +334,8 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
 
 
 def compare_tables(first: pd.DataFrame, second: pd.DataFrame) -> pd.DataFrame:
-    """Two runs side by side (two devices, two commits): rows both timed, with B/A ratios."""
+    """Two runs side by side (two devices, two commits): rows both timed, with B/A ratios, and
+    b_p50_in_a_spread ("true"/"false"): whether B's p50 lies inside A's p10-p90."""
     columns = [*ROW, "median_ms", "p10_ms", "p90_ms", "images_per_second", "device_name", "git_commit"]
     merged = first.reindex(columns=columns).merge(
         second.reindex(columns=columns), on=ROW, suffixes=("_a", "_b")
@@ -353,4 +355,6 @@ def compare_tables(first: pd.DataFrame, second: pd.DataFrame) -> pd.DataFrame:
     cells["B/A img/s"] = (merged["images_per_second_b"] / merged["images_per_second_a"]).map(
         lambda v: f"{v:.3f}"
     )
+    inside = merged["median_ms_b"].between(merged["p10_ms_a"], merged["p90_ms_a"])
+    cells["b_p50_in_a_spread"] = inside.map({True: "true", False: "false"})
     return cells.reset_index(drop=True)

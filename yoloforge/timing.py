@@ -3,17 +3,23 @@
 Two scopes, measured separately:
 - `model`: the engine alone, on input already where it reads it (device memory on a GPU).
 - `end-to-end`: encoded image bytes to boxes, stage by stage (STAGES), each stage a Runner hook
-  so that a GPU runner can move pre- or post-processing onto the device.
+  so that a GPU runner can move pre- or post-processing onto the device; and, separately, the
+  throughput of a pipeline that decodes the next batch while the current one is processed.
 
-Device work is timed by explicit synchronization: every timed iteration, and every end-to-end
-stage, ends with `Runner.synchronize()`, so queued kernels count where they were queued.
+Device work is timed by explicit synchronization: every timed iteration, and every staged
+end-to-end stage, ends with `Runner.synchronize()`, so queued kernels count where they were queued.
+
+A bench measures in rounds, each on a freshly loaded engine, and pools their iterations: how fast
+an engine runs varies from load to load (memory placement, thread pools, kernel choices), and a
+spread taken from one load would hide that.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -30,10 +36,13 @@ STAGES = ("decode", "preprocess", "upload", "inference", "download", "postproces
 
 @dataclass(frozen=True)
 class TimingBudget:
+    # Warm-up, per round: it stops once both warmup_seconds and warmup_iterations are done.
+    # Timed phase, per scope over all rounds: it stops once both seconds and min_iterations are done.
     warmup_seconds: float = 1.0
-    seconds: float = 5.0  # timed phase stops once this has passed and min_iterations ran
+    seconds: float = 5.0
     min_iterations: int = 3
-    warmup_iterations: int = 1  # warm-up stops once both warmup_seconds and this many calls are done
+    warmup_iterations: int = 1
+    rounds: int = 1  # engine loads, each warmed up and timed for its share of the budget
 
     def __post_init__(self) -> None:
         if (
@@ -41,15 +50,26 @@ class TimingBudget:
             or self.seconds < 0
             or self.min_iterations < 1
             or self.warmup_iterations < 1
+            or self.rounds < 1
         ):
             raise ValueError(f"invalid timing budget {self}")
 
+    def per_round(self) -> TimingBudget:
+        """One round's budget: seconds and min_iterations split evenly over the rounds."""
+        return replace(
+            self,
+            seconds=self.seconds / self.rounds,
+            min_iterations=-(-self.min_iterations // self.rounds),
+            rounds=1,
+        )
 
-def _iterate(step: Callable[[int], Any], budget: TimingBudget) -> list[Any]:
+
+def _iterate(step: Callable[[int], Any], budget: TimingBudget) -> tuple[list[Any], float]:
     """Warm up, then call step(i) until both the minimum count and the minimum duration are reached.
 
     step(i) runs iteration i (i keeps counting through the warm-up, so inputs keep rotating) and
-    returns its own measurement; warm-up measurements are dropped.
+    returns its own measurement; warm-up measurements are dropped. Returns the measurements and
+    the seconds the timed phase took.
     """
     iteration = 0
     start = time.perf_counter()
@@ -61,7 +81,7 @@ def _iterate(step: Callable[[int], Any], budget: TimingBudget) -> list[Any]:
     while len(measurements) < budget.min_iterations or time.perf_counter() - start < budget.seconds:
         measurements.append(step(iteration))
         iteration += 1
-    return measurements
+    return measurements, time.perf_counter() - start
 
 
 def measure(runner: Runner, batches: list[np.ndarray], budget: TimingBudget) -> np.ndarray:
@@ -75,7 +95,27 @@ def measure(runner: Runner, batches: list[np.ndarray], budget: TimingBudget) -> 
         runner.synchronize()
         return (time.perf_counter() - begin) * 1000
 
-    return np.array(_iterate(step, budget))
+    return np.array(_iterate(step, budget)[0])
+
+
+def _stages(runner: Runner, width: int, height: int) -> tuple[tuple[str, Callable[[Any], Any]], ...]:
+    """The end-to-end stages of STAGES as (name, one-argument callable)."""
+    return (
+        ("decode", runner.decode),
+        ("preprocess", lambda images: runner.preprocess(images, width, height)),
+        ("upload", runner.prepare),
+        ("inference", runner.run),
+        ("download", runner.download),
+        ("postprocess", runner.postprocess),
+    )
+
+
+def _take(encoded: list[bytes], batch: int, iteration: int) -> list[bytes]:
+    """Iteration's batch of encoded images, rotating over all of them."""
+    if not encoded:
+        raise ValueError("no images to time end to end")
+    first = iteration * batch
+    return [encoded[(first + i) % len(encoded)] for i in range(batch)]
 
 
 def measure_end_to_end(
@@ -85,22 +125,13 @@ def measure_end_to_end(
 
     Each iteration takes the next `batch` encoded images (rotating over all of them) through
     decode, letterbox and normalization, upload, inference, download, and decoding with
-    class-aware NMS. The bytes are in memory already: file reads are not timed.
+    class-aware NMS, synchronizing after every stage. The bytes are in memory already: file reads
+    are not timed.
     """
-    if not encoded:
-        raise ValueError("no images to time end to end")
-    stages: tuple[tuple[str, Callable[[Any], Any]], ...] = (
-        ("decode", runner.decode),
-        ("preprocess", lambda images: runner.preprocess(images, width, height)),
-        ("upload", runner.prepare),
-        ("inference", runner.run),
-        ("download", runner.download),
-        ("postprocess", runner.postprocess),
-    )
+    stages = _stages(runner, width, height)
 
     def step(iteration: int) -> list[float]:
-        first = iteration * batch
-        value: Any = [encoded[(first + i) % len(encoded)] for i in range(batch)]
+        value: Any = _take(encoded, batch, iteration)
         times = []
         start = time.perf_counter()
         for _, stage in stages:
@@ -110,11 +141,39 @@ def measure_end_to_end(
             times.append((time.perf_counter() - begin) * 1000)
         return [(time.perf_counter() - start) * 1000, *times]
 
-    columns = np.array(_iterate(step, budget)).T
+    columns = np.array(_iterate(step, budget)[0]).T
     return {
         "total": columns[0],
         **{name: column for (name, _), column in zip(stages, columns[1:], strict=True)},
     }
+
+
+def measure_pipelined(
+    runner: Runner, encoded: list[bytes], width: int, height: int, batch: int, budget: TimingBudget
+) -> tuple[int, float]:
+    """End-to-end throughput with decoding overlapped: (images completed, seconds taken).
+
+    A worker thread decodes the next batch while the main thread takes the current one through
+    preprocess, upload, inference, download and postprocess, then synchronizes; so host decoding
+    overlaps device work, as in a serving loop. The worker runs one batch ahead, no further, so
+    the figure is the slower of the two sides, not a backlog drained later. The engine is warm
+    (the staged measurement ran on it), so the warm-up is only warmup_iterations batches: enough
+    to start the timed phase with the next decode already in flight.
+    """
+    stages = _stages(runner, width, height)[1:]
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(runner.decode, _take(encoded, batch, 0))
+
+        def step(iteration: int) -> None:
+            nonlocal pending
+            value = pending.result()
+            pending = pool.submit(runner.decode, _take(encoded, batch, iteration + 1))
+            for _, stage in stages:
+                value = stage(value)
+            runner.synchronize()
+
+        completed, seconds = _iterate(step, replace(budget, warmup_seconds=0))
+    return len(completed) * batch, seconds
 
 
 def summarize(latencies_ms: np.ndarray, batch: int) -> dict[str, float]:
@@ -133,8 +192,35 @@ def summarize(latencies_ms: np.ndarray, batch: int) -> dict[str, float]:
     }
 
 
+def _pooled(rounds: list[dict[str, np.ndarray]], batch: int) -> dict[str, Any]:
+    """Summary statistics over every round's iterations, and each round's own p50."""
+    return {
+        **summarize(np.concatenate([columns["latency_ms"] for columns in rounds]), batch),
+        "round_medians_ms": [float(np.median(columns["latency_ms"])) for columns in rounds],
+    }
+
+
+def _frame(scope: str, rounds: list[dict[str, np.ndarray]]) -> pd.DataFrame:
+    import pandas as pd
+
+    return pd.concat(
+        [
+            pd.DataFrame(
+                {
+                    "scope": scope,
+                    "round": index,
+                    "iteration": np.arange(columns["latency_ms"].size),
+                    **columns,
+                }
+            )
+            for index, columns in enumerate(rounds)
+        ],
+        ignore_index=True,
+    )
+
+
 def bench_scopes(
-    runner: Runner,
+    load: Callable[[], Runner],
     batches: list[np.ndarray],
     encoded: list[bytes],
     width: int,
@@ -142,26 +228,46 @@ def bench_scopes(
     batch: int,
     budget: TimingBudget,
 ) -> tuple[list[dict[str, Any]], pd.DataFrame]:
-    """Both scopes, one after the other: a summary record per scope (the end-to-end one with each
-    stage's median as stage_<name>_ms), and every iteration's latencies as one long frame."""
+    """Both scopes, in budget.rounds rounds; a summary record per scope and every iteration's
+    latencies as one long frame (columns scope, round, iteration, latency_ms, stage_<name>_ms).
+
+    Each round calls `load` for a fresh engine and times, for its share of the budget, the model
+    scope, then the end-to-end scope: half of that share staged, half pipelined. The records'
+    statistics are over every round's iterations, with each round's p50 in round_medians_ms. The
+    end-to-end record has each stage's median as stage_<name>_ms, the pipelined throughput as
+    images_per_second and the staged one (batch x 1000 / p50 ms) as sequential_images_per_second.
+    """
     import pandas as pd
 
-    model = measure(runner, batches, budget)
-    end_to_end = measure_end_to_end(runner, encoded, width, height, batch, budget)
-    stage_medians = {f"stage_{name}_ms": float(np.median(end_to_end[name])) for name in STAGES}
+    one_round = budget.per_round()
+    half_round = replace(one_round, seconds=one_round.seconds / 2)
+    model: list[dict[str, np.ndarray]] = []
+    staged: list[dict[str, np.ndarray]] = []
+    pipelined_images, pipelined_seconds = 0, 0.0
+    for _ in range(budget.rounds):
+        runner = load()
+        model.append({"latency_ms": measure(runner, batches, one_round)})
+        times = measure_end_to_end(runner, encoded, width, height, batch, half_round)
+        staged.append({"latency_ms": times["total"], **{f"stage_{name}_ms": times[name] for name in STAGES}})
+        images, seconds = measure_pipelined(runner, encoded, width, height, batch, half_round)
+        pipelined_images += images
+        pipelined_seconds += seconds
+        # Released before the next load: two copies of a large engine may not fit in device memory.
+        del runner
+    end_to_end = _pooled(staged, batch)
+    stage_medians = {
+        f"stage_{name}_ms": float(np.median(np.concatenate([c[f"stage_{name}_ms"] for c in staged])))
+        for name in STAGES
+    }
     records = [
-        {"scope": "model", **summarize(model, batch)},
-        {"scope": "end-to-end", **summarize(end_to_end["total"], batch), **stage_medians},
+        {"scope": "model", **_pooled(model, batch)},
+        {
+            "scope": "end-to-end",
+            **end_to_end,
+            "images_per_second": pipelined_images / pipelined_seconds,
+            "sequential_images_per_second": end_to_end["images_per_second"],
+            **stage_medians,
+        },
     ]
-    frames = [
-        pd.DataFrame({"scope": "model", "iteration": np.arange(model.size), "latency_ms": model}),
-        pd.DataFrame(
-            {
-                "scope": "end-to-end",
-                "iteration": np.arange(end_to_end["total"].size),
-                "latency_ms": end_to_end["total"],
-                **{f"stage_{name}_ms": end_to_end[name] for name in STAGES},
-            }
-        ),
-    ]
-    return records, pd.concat(frames, ignore_index=True)
+    frame = pd.concat([_frame("model", model), _frame("end-to-end", staged)], ignore_index=True)
+    return records, frame

@@ -62,7 +62,11 @@ class Runner(ABC):
     # postprocess to run NMS on the device and copy back only the boxes.
 
     def decode(self, encoded: list[bytes]) -> list[np.ndarray]:
-        """Encoded images (JPEG, PNG) -> RGB uint8 [H, W, 3] arrays."""
+        """Encoded images (JPEG, PNG) -> RGB uint8 [H, W, 3] arrays.
+
+        Pipelined timing calls this from a worker thread while the other stages run on the
+        previous batch, so an override must be safe to run beside them.
+        """
         from yoloforge.images import decode_rgb
 
         return [decode_rgb(data) for data in encoded]
