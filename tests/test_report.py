@@ -165,7 +165,7 @@ def test_table_has_a_row_per_scope_with_statistics_and_provenance(table_files):
     assert (table["build_seconds"] > 0).all() and (table["engine_bytes"] > 0).all()
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
     assert set(table["git_commit"]) == {commit.strip()} and set(table["config_sha256"]) == {"c0ffee"}
-    assert set(table["image_formats"]) == {"png"} and set(table["device_kind"]) == {"cpu"}
+    assert set(table["image_formats"]) == {"jpg"} and set(table["device_kind"]) == {"cpu"}
     assert pd.read_parquet(table_files.with_suffix(".parquet")).shape == table.shape
 
 
