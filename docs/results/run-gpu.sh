@@ -3,14 +3,14 @@
 # workflow's rules run, for a GPU machine where Snakemake is not installed. Resumable: a step
 # whose output exists is skipped, so a run cut short is finished by running it again.
 #   bash docs/results/run-gpu.sh WORKDIR
-# WORKDIR ends up with benchmark.{csv,parquet,md}, report.html, device.json, accuracy/, and the
+# WORKDIR ends up with benchmark.{csv,parquet,md}, report.html, device/, accuracy/, and the
 # engines' sidecars. Needs the real yolov3-tiny weights at resources/weights/ (snakemake
 # resources/weights/yolov3-tiny.weights fetches them).
 set -uo pipefail
 W=${1:?usage: run-gpu.sh WORKDIR}
 TARGET=${TARGET:-gpu}
 JOBS=${JOBS:-5}  # engine builds at once: AOTInductor compiles on the CPU
-mkdir -p "$W"/{onnx,engines,bench,unavailable,accuracy,reference,logs}
+mkdir -p "$W"/{device,onnx,engines,bench,unavailable,accuracy,reference,logs}
 Y="python3 -m yoloforge"
 step() { # step OUTPUT LOG COMMAND...: run unless OUTPUT exists; log the outcome
   local output=$1 log=$2; shift 2
@@ -25,9 +25,9 @@ export -f step; export W Y TARGET
 
 step "$W/images" images $Y images --eval-dir "$W/images" --calibration-dir "$W/calibration" \
   --eval-count 64 --calibration-count 8
-step "$W/device.json" device $Y device --engine tensorrt --engine onnxruntime --engine openvino \
+step "$W/device/$TARGET.json" device $Y device --engine tensorrt --engine onnxruntime --engine openvino \
   --engine torch-eager --engine torch-aoti --engine opencv-darknet \
-  --precision fp32 --precision fp16 --precision bf16 --output "$W/device.json"
+  --precision fp32 --precision fp16 --precision bf16 --output "$W/device/$TARGET.json"
 step "$W/yolov3.weights" synth-weights $Y synth-weights --cfg models/yolov3.cfg --output "$W/yolov3.weights"
 step "$W/onnx/yolov3-tiny-416.onnx" convert-tiny $Y convert --cfg models/yolov3-tiny.cfg \
   --weights resources/weights/yolov3-tiny.weights --size 416 --output "$W/onnx/yolov3-tiny-416.onnx" &
@@ -70,11 +70,12 @@ build() {
 export -f build
 echo "$ROWS" | grep . | xargs -P "$JOBS" -L 1 bash -c 'build "$@"' _
 
-for engine in tensorrt openvino opencv-darknet; do
+for engine_precision in tensorrt:fp16 openvino:fp32 opencv-darknet:fp32; do
+  engine=${engine_precision%:*}; precision=${engine_precision#*:}
   for model in yolov3-416 yolov3-608 yolov3-tiny-416; do
     step "$W/unavailable/$engine-$model.json" "unavailable-$engine-$model" $Y unavailable \
-      --device "$W/device.json" --model "${model%-*}" --size "${model##*-}" --engine $engine \
-      --precision fp16 --batch 1 --target "$TARGET" --output "$W/unavailable/$engine-$model.json"
+      --device "$W/device/$TARGET.json" --model "${model%-*}" --size "${model##*-}" --engine $engine \
+      --precision $precision --batch 1 --target "$TARGET" --output "$W/unavailable/$engine-$model.json"
   done
 done
 
@@ -103,7 +104,7 @@ done
 
 rm -f "$W/benchmark.csv" "$W/report.html"
 step "$W/benchmark.csv" table $Y table --output "$W/benchmark.csv" --parquet "$W/benchmark.parquet" \
-  --markdown "$W/benchmark.md" --checkout . --device "$W/device.json" \
+  --markdown "$W/benchmark.md" --checkout . --device "$W/device/$TARGET.json" \
   --accuracy "$W"/accuracy/*-b1.json -- "$W"/bench/*.json "$W"/unavailable/*.json
 step "$W/report.html" report $Y report --table "$W/benchmark.parquet" --output "$W/report.html" \
   "$W"/bench/*.parquet
