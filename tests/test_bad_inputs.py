@@ -79,13 +79,13 @@ def test_onnx_edited_after_the_build(engine, every_layer_onnx, images, tmp_path)
 
 @pytest.mark.parametrize(
     ("name", "content"),
-    [("notes.png", b"these are not pixels\n"), ("cut.png", None), ("empty.jpg", b"")],
+    [("notes.png", b"these are not pixels\n"), ("cut.jpg", None), ("empty.jpg", b"")],
 )
 def test_image_that_is_not_an_image(every_layer_onnx, images, tmp_path, name, content):
     folder = tmp_path / "images"
     shutil.copytree(images, folder)
-    if content is None:  # a real PNG, cut short
-        content = next(folder.glob("*.png")).read_bytes()[:200]
+    if content is None:  # a real JPEG, cut short
+        content = next(folder.glob("*.jpg")).read_bytes()[:200]
     (folder / name).write_bytes(content)
     output = tmp_path / "engine" / "model.engine"
     result = run_cli(
