@@ -9,9 +9,10 @@ Two scopes, measured separately:
 Device work is timed by explicit synchronization: every timed iteration, and every staged
 end-to-end stage, ends with `Runner.synchronize()`, so queued kernels count where they were queued.
 
-A bench measures in rounds, each on a freshly loaded engine, and pools their iterations: how fast
-an engine runs varies from load to load (memory placement, thread pools, kernel choices), and a
-spread taken from one load would hide that.
+A bench measures in rounds, each on a freshly loaded engine, and pools their iterations, so the
+spread includes whatever varies from one load to the next (thread pools, allocations, kernel
+choices); each round's p50 is kept to show how much that is. It does not include what varies
+between processes or over minutes, which on a shared VM can be more (README, Timing).
 """
 
 from __future__ import annotations

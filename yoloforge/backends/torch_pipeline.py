@@ -60,11 +60,7 @@ def letterbox_batch(
     batch = torch.full((len(images), 3, height, width), LETTERBOX_FILL, device=device, dtype=torch.float32)
     for index, image in enumerate(images):
         if isinstance(image, np.ndarray):
-            # Pinned memory lets the copy run asynchronously with the host's next image.
-            host = torch.from_numpy(np.ascontiguousarray(image))
-            if device.type == "cuda":
-                host = host.pin_memory()
-            image = host.to(device, non_blocking=True).permute(2, 0, 1)
+            image = torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1)
         source_h, source_w = image.shape[1:]
         new_w, new_h, left, top = letterbox_geometry(source_w, source_h, width, height)
         resized = F.interpolate(
