@@ -179,27 +179,36 @@ def test_the_spread_covers_every_round(encoded_images):
 
 
 class PipelineRunner(SleepingRunner):
-    """Decoding takes `decode_seconds` per batch on the host, inference `seconds` per batch."""
+    """Per batch: decoding takes `decode_seconds`, letterboxing `preprocess_seconds`, inference
+    `seconds`."""
 
-    def __init__(self, seconds: float, decode_seconds: float) -> None:
+    def __init__(self, seconds: float, decode_seconds: float, preprocess_seconds: float = 0.0) -> None:
         super().__init__(seconds)
         self.decode_seconds = decode_seconds
+        self.preprocess_seconds = preprocess_seconds
 
     def decode(self, encoded: list[bytes]) -> list[np.ndarray]:
         time.sleep(self.decode_seconds)
         return [np.zeros((48, 64, 3), np.uint8) for _ in encoded]
 
+    def preprocess(self, images: list[np.ndarray], width: int, height: int) -> np.ndarray:
+        time.sleep(self.preprocess_seconds)
+        return super().preprocess(images, width, height)
 
-@pytest.mark.parametrize(("decode_ms", "inference_ms"), [(30, 20), (20, 30)])
-def test_pipelined_throughput_overlaps_decoding(decode_ms, inference_ms):
+
+@pytest.mark.parametrize(
+    ("decode_ms", "preprocess_ms", "inference_ms"), [(30, 0, 20), (20, 0, 30), (15, 15, 20), (10, 10, 30)]
+)
+def test_pipelined_throughput_overlaps_preparation(decode_ms, preprocess_ms, inference_ms):
     batch = 2
-    runner = PipelineRunner(inference_ms / 1000, decode_ms / 1000)
+    runner = PipelineRunner(inference_ms / 1000, decode_ms / 1000, preprocess_ms / 1000)
     budget = TimingBudget(0, 0.6, 5)
     staged = measure_end_to_end(runner, [b""] * 3, 64, 48, batch, budget)
-    assert np.median(staged["total"]) == pytest.approx(decode_ms + inference_ms, rel=0.15)
+    assert np.median(staged["total"]) == pytest.approx(decode_ms + preprocess_ms + inference_ms, rel=0.15)
     images, seconds = measure_pipelined(runner, [b""] * 3, 64, 48, batch, budget)
-    # Without the overlap this would be batch * 1000 / (decode_ms + inference_ms), 40% lower.
-    assert images / seconds == pytest.approx(batch * 1000 / max(decode_ms, inference_ms), rel=0.15)
+    # Without the overlap this would be batch * 1000 / (the sum of the three), 40% lower or more.
+    preparation_ms = decode_ms + preprocess_ms
+    assert images / seconds == pytest.approx(batch * 1000 / max(preparation_ms, inference_ms), rel=0.15)
 
 
 def test_end_to_end_record_reports_the_pipelined_throughput():

@@ -24,13 +24,21 @@ def _clustered_detections(rng: np.random.Generator, boxes: int, classes: int) ->
     return rows
 
 
-@pytest.mark.parametrize("max_boxes", [300, 5])
-def test_batched_nms_keeps_exactly_what_the_host_decode_keeps(max_boxes):
+@pytest.mark.parametrize(("max_boxes", "dtype"), [(300, np.float32), (5, np.float32), (300, np.float16)])
+def test_batched_nms_keeps_exactly_what_the_host_decode_keeps(max_boxes, dtype):
     rng = np.random.default_rng(3)
-    batch = np.stack([_clustered_detections(rng, 400, 6) for _ in range(3)])
+    batch = np.stack([_clustered_detections(rng, 400, 6) for _ in range(3)]).astype(dtype)
     # A fourth image with nothing over the threshold.
     batch = np.concatenate([batch, np.zeros_like(batch[:1])])
+    if dtype == np.float16:
+        # Half-precision outputs saturate (objectness and class scores of exactly 1) and so give
+        # equal scores, which greedy NMS must take in the host's order.
+        batch[..., 4:] = np.minimum(1, np.round(batch[..., 4:] * 1.5 * 16) / 16)
+        scores = batch[..., 4:5].astype(np.float32) * batch[..., 5:].astype(np.float32)
+        passing = scores[scores > 0.25]
+        assert np.unique(passing).size < passing.size
     device_boxes = nms_batch(torch.from_numpy(batch), max_boxes=max_boxes)
+    batch = batch.astype(np.float32)
     kept = 0
     for rows, found in zip(batch, device_boxes, strict=True):
         expected = decode(rows, max_boxes=max_boxes)
@@ -45,7 +53,13 @@ def test_batched_nms_keeps_exactly_what_the_host_decode_keeps(max_boxes):
 
 
 def test_device_letterbox_matches_the_host_letterbox():
-    images = [_bundled_photo("astronaut"), _bundled_photo("coffee"), generated_scene(7, 300, 500)]
+    # Two images share a size (one resize call for both), between images of other sizes.
+    images = [
+        generated_scene(7, 300, 500),
+        _bundled_photo("astronaut"),
+        generated_scene(8, 300, 500),
+        _bundled_photo("coffee"),
+    ]
     for width, height in ((416, 416), (320, 256)):
         expected = np.stack([letterbox(image, width, height) for image in images])
         found = letterbox_batch(images, width, height, torch.device("cpu"), torch.float32).numpy()
@@ -53,6 +67,16 @@ def test_device_letterbox_matches_the_host_letterbox():
         # Pillow and torch antialias alike, up to rounding: a pixel may differ by a level or two.
         assert np.abs(found - expected).max() <= 2 / 255 + 1e-6
         assert np.abs(found - expected).mean() < 0.2 / 255
+        # Images decoded on the device come as [3, H, W] tensors; they letterbox the same.
+        tensors = [torch.from_numpy(image).permute(2, 0, 1) for image in images]
+        np.testing.assert_array_equal(
+            letterbox_batch(tensors, width, height, torch.device("cpu"), torch.float32).numpy(), found
+        )
+
+
+def test_batched_nms_of_a_batch_with_nothing_over_the_threshold_keeps_nothing():
+    rows = torch.full((2, 50, 9), 0.1)
+    assert [len(boxes) for boxes in nms_batch(rows)] == [0, 0]
 
 
 def test_device_letterbox_makes_the_requested_precision_and_layout():

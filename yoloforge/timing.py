@@ -4,7 +4,8 @@ Two scopes, measured separately:
 - `model`: the engine alone, on input already where it reads it (device memory on a GPU).
 - `end-to-end`: encoded image bytes to boxes, stage by stage (STAGES), each stage a Runner hook
   so that a GPU runner can move pre- or post-processing onto the device; and, separately, the
-  throughput of a pipeline that decodes the next batch while the current one is processed.
+  throughput of a pipeline that prepares (decodes, letterboxes) the next batch while the current
+  one is processed.
 
 Device work is timed by explicit synchronization: every timed iteration, and every staged
 end-to-end stage, ends with `Runner.synchronize()`, so queued kernels count where they were queued.
@@ -152,24 +153,35 @@ def measure_end_to_end(
 def measure_pipelined(
     runner: Runner, encoded: list[bytes], width: int, height: int, batch: int, budget: TimingBudget
 ) -> tuple[int, float]:
-    """End-to-end throughput with decoding overlapped: (images completed, seconds taken).
+    """End-to-end throughput with input preparation overlapped: (images completed, seconds taken).
 
-    A worker thread decodes the next batch while the main thread takes the current one through
-    preprocess, upload, inference, download and postprocess, then synchronizes; so host decoding
-    overlaps device work, as in a serving loop. The worker runs one batch ahead, no further, so
-    the figure is the slower of the two sides, not a backlog drained later. The engine is warm
-    (the staged measurement ran on it), so the warm-up is only warmup_iterations batches: enough
-    to start the timed phase with the next decode already in flight.
+    A worker thread decodes and letterboxes the next batch while the main thread takes the
+    current one through upload, inference, download and postprocess, then synchronizes; so the
+    next batch's preparation overlaps this batch's inference, as in a serving loop. The worker
+    runs one batch ahead, no further, so the figure is the slower of the two sides, not a backlog
+    drained later. On a GPU both threads queue on the same stream, so the worker's kernels run in
+    order with the main thread's and the overlap is of host work (decoding, kernel launches)
+    with device work. The engine is warm (the staged measurement ran on it), so the warm-up is
+    only warmup_iterations batches: enough to start the timed phase with the next batch already
+    in preparation.
     """
-    stages = _stages(runner, width, height)[1:]
+    stages = _stages(runner, width, height)
+    preparation, processing = stages[:2], stages[2:]
+
+    def prepare(iteration: int) -> Any:
+        value: Any = _take(encoded, batch, iteration)
+        for _, stage in preparation:
+            value = stage(value)
+        return value
+
     with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(runner.decode, _take(encoded, batch, 0))
+        pending = pool.submit(prepare, 0)
 
         def step(iteration: int) -> None:
             nonlocal pending
             value = pending.result()
-            pending = pool.submit(runner.decode, _take(encoded, batch, iteration + 1))
-            for _, stage in stages:
+            pending = pool.submit(prepare, iteration + 1)
+            for _, stage in processing:
                 value = stage(value)
             runner.synchronize()
 

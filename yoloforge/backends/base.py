@@ -59,14 +59,12 @@ class Runner(ABC):
     # End-to-end stages (yoloforge.timing.STAGES), around prepare (upload) and run (inference).
     # The defaults run on the host; a GPU runner may override preprocess to letterbox uint8
     # images on the device (its prepare then passes device tensors through), or download and
-    # postprocess to run NMS on the device and copy back only the boxes.
+    # postprocess to run NMS on the device and copy back only the boxes. Pipelined timing calls
+    # decode and preprocess from a worker thread while the other stages run on the previous
+    # batch, so overrides of those two must be safe to run beside them.
 
     def decode(self, encoded: list[bytes]) -> list[np.ndarray]:
-        """Encoded images (JPEG, PNG) -> RGB uint8 [H, W, 3] arrays.
-
-        Pipelined timing calls this from a worker thread while the other stages run on the
-        previous batch, so an override must be safe to run beside them.
-        """
+        """Encoded images (JPEG, PNG) -> RGB uint8 [H, W, 3] arrays."""
         from yoloforge.images import decode_rgb
 
         return [decode_rgb(data) for data in encoded]

@@ -224,16 +224,15 @@ class TorchAotiBackend(_TorchBackend):
 
         flags = {**self._flags(request), "batch": request.batch}
         _configure(flags)
+        if flags["device"] == "cuda":
+            _skip_cpu_isa_probe()
         module = _module_for(request.onnx, flags)
         example = torch.zeros(
             (request.batch, *module.image_shape),
             device=torch.device(flags["device"]),
             dtype=getattr(torch, flags["dtype"]),
         )
-        autotune = request.options.get("max_autotune", "true" if flags["device"] == "cuda" else "false")
-        if autotune not in ("true", "false"):
-            raise YoloforgeError(f"max_autotune={autotune!r}: expected true or false", request.output)
-        configs = {"max_autotune": autotune == "true"}
+        configs = {"max_autotune": _switch(request, "max_autotune", default=flags["device"] == "cuda")}
         exported = torch.export.export(module, (example,))
         # AOTInductor wants a path ending in .pt2, which the build's temporary file does not have
         # (and a package written to an open file did not load on torch 2.11): compile beside it.
@@ -251,6 +250,7 @@ class TorchAotiBackend(_TorchBackend):
         cuda = flags["device"] == "cuda"
         if cuda:
             _import_before_aoti_load()
+            _skip_cpu_isa_probe()
         # Loading from an open file crashes torch 2.11 (segfault in _load_aoti), so load by a
         # path that ends in .pt2, as AOTInductor wants: a link to the engine file.
         # run_single_threaded drops the package's own runner locking, which CUDA graph capture
@@ -260,6 +260,23 @@ class TorchAotiBackend(_TorchBackend):
             link.symlink_to(Path(engine).resolve())
             model = aoti_load_package(str(link), run_single_threaded=cuda)
         return _TorchRunner(model, flags, cuda_graph=cuda)
+
+
+def _switch(request: BuildRequest, name: str, default: bool) -> bool:
+    """A true|false build option."""
+    value = request.options.get(name, str(default).lower())
+    if value not in ("true", "false"):
+        raise YoloforgeError(f"{name}={value!r}: expected true or false", request.output)
+    return value == "true"
+
+
+def _skip_cpu_isa_probe() -> None:
+    """Inductor probes the host CPU's vector extensions, once per process, by compiling and
+    loading test programs: 38 s of a 47 s first package load on an H100 machine. They tune CPU
+    kernels, which a CUDA package has none of."""
+    import torch._inductor.config
+
+    torch._inductor.config.cpp.vec_isa_ok = False
 
 
 def _import_before_aoti_load() -> None:

@@ -58,15 +58,24 @@ def letterbox_batch(
     import torch.nn.functional as F
 
     batch = torch.full((len(images), 3, height, width), LETTERBOX_FILL, device=device, dtype=torch.float32)
+    # Images of one size share one resize call: kernel launches, not arithmetic, are what a
+    # batch of small resizes costs on a GPU.
+    by_size: dict[tuple[int, int], list[int]] = {}
     for index, image in enumerate(images):
-        if isinstance(image, np.ndarray):
-            image = torch.from_numpy(np.ascontiguousarray(image)).to(device).permute(2, 0, 1)
-        source_h, source_w = image.shape[1:]
+        size = image.shape[:2] if isinstance(image, np.ndarray) else tuple(image.shape[1:])
+        by_size.setdefault(size, []).append(index)
+    for (source_h, source_w), indices in by_size.items():
+        if isinstance(images[indices[0]], np.ndarray):
+            host = np.stack([images[index] for index in indices])
+            group = torch.from_numpy(host).to(device).permute(0, 3, 1, 2)
+        else:
+            group = torch.stack([images[index] for index in indices])
         new_w, new_h, left, top = letterbox_geometry(source_w, source_h, width, height)
         resized = F.interpolate(
-            image[None].float(), size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False
+            group.float(), size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False
         )
-        batch[index, :, top : top + new_h, left : left + new_w] = resized[0].round_().clamp_(0, 255) / 255
+        where = torch.tensor(indices, device=device)
+        batch[where, :, top : top + new_h, left : left + new_w] = resized.round_().clamp_(0, 255).div_(255)
     batch = batch.to(dtype)
     return batch.contiguous(memory_format=torch.channels_last) if channels_last else batch
 
@@ -89,25 +98,40 @@ def nms_batch(
     """
     import torch
 
-    rows = detections.float()
-    count, boxes, channels = rows.shape
-    scores = (rows[..., 4:5] * rows[..., 5:]).reshape(count, -1)
-    top_scores, top_index = scores.topk(min(candidates, scores.shape[1]), dim=1)
-    box_index = torch.div(top_index, channels - 5, rounding_mode="floor")
-    classes = top_index % (channels - 5)
-    picked = rows.gather(1, box_index[..., None].expand(-1, -1, 4))
-    xyxy = torch.cat([picked[..., :2] - picked[..., 2:] / 2, picked[..., :2] + picked[..., 2:] / 2], dim=2)
-    valid = top_scores > score_threshold
+    count, _, channels = detections.shape
+    classes_count = channels - 5
+    # Only candidates over the threshold can be kept, and a trained detector has tens of them
+    # per image among ~10^6 (box, class) pairs: narrow down to the boxes whose best class
+    # passes, then to the candidates of those, sizing each step for the image with the most
+    # (a sync each). A top candidate's box ranks at least as high among boxes, so `candidates`
+    # boxes hold the `candidates` best candidates. Scores are float32 products, as the host
+    # decode computes them.
+    best = detections[..., 4].float() * detections[..., 5:].amax(dim=2).float()
+    boxes_passing = int((best > score_threshold).sum(dim=1).max())
+    box_order = best.topk(max(1, min(candidates, boxes_passing)), dim=1).indices
+    # In ascending box order, as the host enumerates candidates (box, then class).
+    box_order = box_order.sort(dim=1).values
+    rows = detections.gather(1, box_order[..., None].expand(-1, -1, channels)).float()
+    box_xyxy = torch.cat([rows[..., :2] - rows[..., 2:4] / 2, rows[..., :2] + rows[..., 2:4] / 2], dim=2)
+    box_overlaps = _iou(box_xyxy) > iou_threshold
 
-    top_left = torch.maximum(xyxy[:, :, None, :2], xyxy[:, None, :, :2])
-    bottom_right = torch.minimum(xyxy[:, :, None, 2:], xyxy[:, None, :, 2:])
-    intersection = (bottom_right - top_left).clamp(min=0).prod(dim=3)
-    area = (xyxy[..., 2:] - xyxy[..., :2]).clamp(min=0).prod(dim=2)
-    union = area[:, :, None] + area[:, None, :] - intersection
-    # The IoU itself, not intersection > threshold x union: the host decode divides, and the two
-    # must round alike at the threshold.
-    overlaps = torch.where(union > 0, intersection / union.clamp(min=1e-12), 0) > iou_threshold
-    order = torch.arange(overlaps.shape[1], device=rows.device)
+    scores = (rows[..., 4:5] * rows[..., 5:]).reshape(count, -1)
+    passing = int((scores > score_threshold).sum(dim=1).max())
+    top_index = scores.topk(max(1, min(candidates, passing)), dim=1).indices
+    # topk orders equal scores arbitrarily, and fp16 outputs tie often; the host takes them in
+    # candidate order: sort by candidate, then stably by score.
+    top_index = top_index.sort(dim=1).values
+    top_scores, by_score = scores.gather(1, top_index).sort(dim=1, descending=True, stable=True)
+    top_index = top_index.gather(1, by_score)
+    box_index = torch.div(top_index, classes_count, rounding_mode="floor")
+    classes = top_index % classes_count
+    xyxy = box_xyxy.gather(1, box_index[..., None].expand(-1, -1, 4))
+    valid = top_scores > score_threshold
+    # Candidates overlap as their boxes do: the IoU matrix is of boxes, gathered for candidates.
+    candidates_count = top_index.shape[1]
+    overlaps = box_overlaps.gather(1, box_index[..., None].expand(-1, -1, box_overlaps.shape[2]))
+    overlaps = overlaps.gather(2, box_index[:, None, :].expand(-1, candidates_count, -1))
+    order = torch.arange(candidates_count, device=detections.device)
     # suppresses[b, i, j]: candidate i, if kept, removes the lower-scoring candidate j.
     suppresses = (
         overlaps
@@ -116,7 +140,7 @@ def nms_batch(
         & valid[:, :, None]
     )
     keep = valid
-    for _ in range(overlaps.shape[1]):
+    for _ in range(candidates_count):
         settled = valid & ~(suppresses & keep[:, :, None]).any(dim=1)
         if torch.equal(settled, keep):
             break
@@ -131,3 +155,17 @@ def nms_batch(
         kept = image[image[:, 6] > 0]
         results.append(Boxes(kept[:, :4].copy(), kept[:, 4].copy(), kept[:, 5].astype(np.int64)))
     return results
+
+
+def _iou(xyxy: torch.Tensor) -> torch.Tensor:
+    """Boxes [N, k, 4] -> their pairwise IoU [N, k, k]."""
+    import torch
+
+    top_left = torch.maximum(xyxy[:, :, None, :2], xyxy[:, None, :, :2])
+    bottom_right = torch.minimum(xyxy[:, :, None, 2:], xyxy[:, None, :, 2:])
+    intersection = (bottom_right - top_left).clamp(min=0).prod(dim=3)
+    area = (xyxy[..., 2:] - xyxy[..., :2]).clamp(min=0).prod(dim=2)
+    union = area[:, :, None] + area[:, None, :] - intersection
+    # The IoU itself, not intersection > threshold x union: the host decode divides, and the two
+    # must round alike at the threshold.
+    return torch.where(union > 0, intersection / union.clamp(min=1e-12), 0)
