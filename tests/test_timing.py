@@ -180,12 +180,19 @@ def test_the_spread_covers_every_round(encoded_images):
 
 class PipelineRunner(SleepingRunner):
     """Per batch: decoding takes `decode_seconds`, letterboxing `preprocess_seconds`, inference
-    `seconds`."""
+    `seconds`, NMS `postprocess_seconds`."""
 
-    def __init__(self, seconds: float, decode_seconds: float, preprocess_seconds: float = 0.0) -> None:
+    def __init__(
+        self,
+        seconds: float,
+        decode_seconds: float,
+        preprocess_seconds: float = 0.0,
+        postprocess_seconds: float = 0.0,
+    ) -> None:
         super().__init__(seconds)
         self.decode_seconds = decode_seconds
         self.preprocess_seconds = preprocess_seconds
+        self.postprocess_seconds = postprocess_seconds
 
     def decode(self, encoded: list[bytes]) -> list[np.ndarray]:
         time.sleep(self.decode_seconds)
@@ -195,20 +202,29 @@ class PipelineRunner(SleepingRunner):
         time.sleep(self.preprocess_seconds)
         return super().preprocess(images, width, height)
 
+    def postprocess(self, detections):
+        time.sleep(self.postprocess_seconds)
+        return super().postprocess(detections)
+
 
 @pytest.mark.parametrize(
-    ("decode_ms", "preprocess_ms", "inference_ms"), [(30, 0, 20), (20, 0, 30), (15, 15, 20), (10, 10, 30)]
+    ("decode_ms", "preprocess_ms", "inference_ms", "postprocess_ms"),
+    [(30, 0, 20, 0), (20, 0, 30, 0), (15, 15, 20, 0), (10, 10, 30, 0), (10, 0, 20, 25), (10, 5, 30, 20)],
 )
-def test_pipelined_throughput_overlaps_preparation(decode_ms, preprocess_ms, inference_ms):
+def test_pipelined_throughput_overlaps_every_stage_with_inference(
+    decode_ms, preprocess_ms, inference_ms, postprocess_ms
+):
     batch = 2
-    runner = PipelineRunner(inference_ms / 1000, decode_ms / 1000, preprocess_ms / 1000)
+    runner = PipelineRunner(*(ms / 1000 for ms in (inference_ms, decode_ms, preprocess_ms, postprocess_ms)))
     budget = TimingBudget(0, 0.6, 5)
     staged = measure_end_to_end(runner, [b""] * 3, 64, 48, batch, budget)
-    assert np.median(staged["total"]) == pytest.approx(decode_ms + preprocess_ms + inference_ms, rel=0.15)
+    total_ms = decode_ms + preprocess_ms + inference_ms + postprocess_ms
+    assert np.median(staged["total"]) == pytest.approx(total_ms, rel=0.15)
     images, seconds = measure_pipelined(runner, [b""] * 3, 64, 48, batch, budget)
-    # Without the overlap this would be batch * 1000 / (the sum of the three), 40% lower or more.
-    preparation_ms = decode_ms + preprocess_ms
-    assert images / seconds == pytest.approx(batch * 1000 / max(preparation_ms, inference_ms), rel=0.15)
+    # Without the overlap this would be batch * 1000 / total_ms, 40% lower or more: the pipeline
+    # runs at the pace of its slowest stage.
+    slowest_ms = max(decode_ms + preprocess_ms, inference_ms, postprocess_ms)
+    assert images / seconds == pytest.approx(batch * 1000 / slowest_ms, rel=0.15)
 
 
 def test_end_to_end_record_reports_the_pipelined_throughput():

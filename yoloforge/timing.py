@@ -4,8 +4,8 @@ Two scopes, measured separately:
 - `model`: the engine alone, on input already where it reads it (device memory on a GPU).
 - `end-to-end`: encoded image bytes to boxes, stage by stage (STAGES), each stage a Runner hook
   so that a GPU runner can move pre- or post-processing onto the device; and, separately, the
-  throughput of a pipeline that prepares (decodes, letterboxes) the next batch while the current
-  one is processed.
+  throughput of a pipeline that prepares (decodes, letterboxes) the next batch and postprocesses
+  the previous one while the current one is inferred.
 
 Device work is timed by explicit synchronization: every timed iteration, and every staged
 end-to-end stage, ends with `Runner.synchronize()`, so queued kernels count where they were queued.
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
@@ -153,39 +153,45 @@ def measure_end_to_end(
 def measure_pipelined(
     runner: Runner, encoded: list[bytes], width: int, height: int, batch: int, budget: TimingBudget
 ) -> tuple[int, float]:
-    """End-to-end throughput with input preparation overlapped: (images completed, seconds taken).
+    """End-to-end throughput of a three-stage pipeline: (images completed, seconds taken).
 
-    A worker thread decodes and letterboxes the next batch while the main thread takes the
-    current one through upload, inference, download and postprocess, then synchronizes; so the
-    next batch's preparation overlaps this batch's inference, as in a serving loop. The worker
-    runs one batch ahead, no further, so the figure is the slower of the two sides, not a backlog
-    drained later. On a GPU both threads queue on the same stream, so the worker's kernels run in
-    order with the main thread's and the overlap is of host work (decoding, kernel launches)
-    with device work. The engine is warm (the staged measurement ran on it), so the warm-up is
-    only warmup_iterations batches: enough to start the timed phase with the next batch already
-    in preparation.
+    One worker thread decodes and letterboxes the next batch, the main thread takes the current
+    one through upload, inference and download, and another worker postprocesses (NMS) the
+    previous one; so, as in a serving loop, a batch's preparation and its postprocessing overlap
+    the inference of its neighbours. Each stage runs at most one batch ahead of the next, so the
+    figure is the slowest stage's pace (the stages share the host's cores and the device), not a
+    backlog drained later. Timing stops once the last batch's boxes are out. The engine is warm
+    (the staged measurement ran on it), so the warm-up is only warmup_iterations batches: enough
+    to start the timed phase with the pipeline full.
     """
     stages = _stages(runner, width, height)
-    preparation, processing = stages[:2], stages[2:]
+    preparation, processing, finishing = stages[:2], stages[2:5], stages[5:]
 
-    def prepare(iteration: int) -> Any:
-        value: Any = _take(encoded, batch, iteration)
-        for _, stage in preparation:
+    def through(stages: tuple[tuple[str, Callable[[Any], Any]], ...], value: Any) -> Any:
+        for _, stage in stages:
             value = stage(value)
         return value
 
-    with ThreadPoolExecutor(max_workers=1) as pool:
-        pending = pool.submit(prepare, 0)
+    with ThreadPoolExecutor(max_workers=1) as preparer, ThreadPoolExecutor(max_workers=1) as finisher:
+        prepared = preparer.submit(through, preparation, _take(encoded, batch, 0))
+        finished: Future[Any] | None = None
 
         def step(iteration: int) -> None:
-            nonlocal pending
-            value = pending.result()
-            pending = pool.submit(prepare, iteration + 1)
-            for _, stage in processing:
-                value = stage(value)
-            runner.synchronize()
+            nonlocal prepared, finished
+            value = prepared.result()
+            following = _take(encoded, batch, iteration + 1)
+            prepared = preparer.submit(through, preparation, following)
+            value = through(processing, value)
+            if finished is not None:
+                finished.result()
+            finished = finisher.submit(through, finishing, value)
 
         completed, seconds = _iterate(step, replace(budget, warmup_seconds=0))
+        drain = time.perf_counter()
+        if finished is not None:
+            finished.result()
+        runner.synchronize()
+        seconds += time.perf_counter() - drain
     return len(completed) * batch, seconds
 
 

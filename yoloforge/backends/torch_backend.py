@@ -53,6 +53,7 @@ class _TorchRunner(Runner):
         self._graph_input = None
         self._graph_output = None
         self._pool = ThreadPoolExecutor(cpu_threads())
+        self._postprocess_stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
 
     def prepare(self, images):
         import torch
@@ -109,13 +110,33 @@ class _TorchRunner(Runner):
         return letterbox_batch(images, width, height, self.device, self.dtype, self.channels_last)
 
     def download(self, outputs):
-        """Outputs stay on the device: postprocess copies back only the kept boxes."""
-        return outputs
+        """Outputs stay on the device: postprocess copies back only the kept boxes. On a GPU, a
+        CUDA graph's output buffer is copied (the next replay overwrites it), and an event marks
+        the outputs complete, so that postprocess can run on a stream of its own, beside the
+        next batch's inference (pipelined timing runs it from another thread)."""
+        import torch
+
+        if self.device.type != "cuda":
+            return outputs
+        if self.cuda_graph:
+            outputs = outputs.clone()
+        complete = torch.cuda.Event()
+        complete.record()
+        return outputs, complete
 
     def postprocess(self, detections) -> list[Boxes]:
+        import torch
+
         from yoloforge.backends.torch_pipeline import nms_batch
 
-        return nms_batch(detections)
+        if self.device.type != "cuda":
+            return nms_batch(detections)
+        outputs, complete = detections
+        self._postprocess_stream.wait_event(complete)
+        # The caching allocator must not hand the outputs' memory to the main stream while NMS reads it.
+        outputs.record_stream(self._postprocess_stream)
+        with torch.cuda.stream(self._postprocess_stream):
+            return nms_batch(outputs)
 
     def infer(self, images: np.ndarray) -> np.ndarray:
         return self.run(self.prepare(images)).float().cpu().numpy()
