@@ -1,6 +1,6 @@
 #!/bin/bash
-# The GPU experiment (workflow/configs/gpu.yaml), job by job: the same `yoloforge` commands the
-# workflow's rules run, for a GPU machine where Snakemake is not installed. Resumable: a step
+# The first GPU run (docs/results/nvidia-h100-80gb-hbm3/, commit 74b8571), job by job: the
+# `yoloforge` commands the workflow's rules run, for a GPU machine where Snakemake is not installed. Resumable: a step
 # whose output exists is skipped, so a run cut short is finished by running it again.
 #   bash docs/results/run-gpu.sh WORKDIR
 # WORKDIR ends up with benchmark.{csv,parquet,md}, report.html, device/, accuracy/, and the
