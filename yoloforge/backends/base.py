@@ -60,8 +60,8 @@ class Runner(ABC):
     # The defaults run on the host; a GPU runner may override preprocess to letterbox uint8
     # images on the device (its prepare then passes device tensors through), or download and
     # postprocess to run NMS on the device and copy back only the boxes. Pipelined timing calls
-    # decode and preprocess from a worker thread while the other stages run on the previous
-    # batch, so overrides of those two must be safe to run beside them.
+    # decode and preprocess from one worker thread and postprocess from another, beside the
+    # other stages of neighbouring batches, so overrides of those three must be safe to run so.
 
     def decode(self, encoded: list[bytes]) -> list[np.ndarray]:
         """Encoded images (JPEG, PNG) -> RGB uint8 [H, W, 3] arrays."""
