@@ -1,3 +1,6 @@
+BENCH = "{target}/{fingerprint}/{model}-{size}/{engine}-{precision}-b{batch}"
+
+
 rule bench:
     input:
         engine="results/engines/{target}/{fingerprint}/{engine}/{model}-{size}-{precision}-b{batch}.engine",
@@ -5,12 +8,13 @@ rule bench:
         images="resources/images",
         onnx="results/onnx/{model}-{size}.onnx",
     output:
-        summary="results/bench/{target}/{fingerprint}/{model}-{size}/{engine}-{precision}-b{batch}.json",
-        latencies="results/bench/{target}/{fingerprint}/{model}-{size}/{engine}-{precision}-b{batch}.parquet",
+        summary=f"results/bench/{BENCH}/round-{{round}}.json",
+        latencies=f"results/bench/{BENCH}/round-{{round}}.parquet",
     log:
-        "logs/bench/{target}/{fingerprint}/{model}-{size}/{engine}-{precision}-b{batch}.log",
-    group:
-        "engine"
+        f"logs/bench/{BENCH}/round-{{round}}.log",
+    # Each round is a process of its own, and a later round waits behind every job of an earlier
+    # one, so a row's rounds lie minutes apart and its spread holds how the machine drifts.
+    priority: lambda wildcards: -int(wildcards.round)
     conda:
         "../envs/engines.yaml"
     # All cores and the one device: timing never shares the machine with another job.
@@ -26,9 +30,31 @@ rule bench:
         " --model {wildcards.model} --images {input.images}"
         " --batch {wildcards.batch} --warmup-seconds {params.timing[warmup_seconds]}"
         " --seconds {params.timing[seconds]} --min-iterations {params.timing[min_iterations]}"
-        " --rounds {params.timing[rounds]}"
-        " --target {wildcards.target} --output {output.summary}"
-        " --latencies {output.latencies} > {log} 2>&1"
+        " --rounds {params.timing[rounds]} --round {wildcards.round}"
+        " --target {wildcards.target} --output {output.summary} > {log} 2>&1"
+
+
+rule pool:
+    input:
+        summaries=expand(
+            f"results/bench/{BENCH}/round-{{round}}.json",
+            round=range(config["timing"]["rounds"]),
+            allow_missing=True,
+        ),
+        latencies=expand(
+            f"results/bench/{BENCH}/round-{{round}}.parquet",
+            round=range(config["timing"]["rounds"]),
+            allow_missing=True,
+        ),
+    output:
+        summary=f"results/bench/{BENCH}.json",
+        latencies=f"results/bench/{BENCH}.parquet",
+    log:
+        f"logs/pool/{BENCH}.log",
+    conda:
+        "../envs/core.yaml"
+    shell:
+        "python -m yoloforge pool --output {output.summary} {input.summaries} > {log} 2>&1"
 
 
 rule unavailable:

@@ -35,9 +35,6 @@ rule build:
         sidecar="results/engines/{target}/{fingerprint}/{engine}/{model}-{size}-{precision}-b{batch}.engine.json",
     log:
         "logs/build/{target}/{fingerprint}/{engine}/{model}-{size}-{precision}-b{batch}.log",
-    # On a cluster, one job builds an engine and times it, on the same node.
-    group:
-        "engine"
     conda:
         "../envs/engines.yaml"
     # Builds that time kernels on the device (TensorRT tactics, Inductor autotuning) get it alone.

@@ -19,6 +19,7 @@ wildcard_constraints:
     batch=r"\d+",
     fingerprint=r"[a-z0-9-]+",
     target="|".join(config["targets"]),
+    round=r"\d+",
 
 
 STRICT = "--strict" if config.get("strict") else ""

@@ -1,4 +1,5 @@
 localrules:
+    pool,
     table,
     unavailable,
     report,

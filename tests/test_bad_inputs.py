@@ -57,6 +57,29 @@ def test_bench_accepts_the_engine_where_it_was_built(engine, every_layer_onnx, i
     assert all(scope["iterations"] >= 3 for scope in json.loads(output.read_text())["scopes"])
 
 
+def test_pool_takes_each_round_of_one_bench_once(engine, every_layer_onnx, images, tmp_path):
+    rounds = []
+    for index in range(2):
+        rounds.append(tmp_path / f"round-{index}.json")
+        result = run_cli(
+            "bench", "--engine", "onnxruntime", "--engine-file", str(engine), "--model", "m",
+            "--images", str(images), "--warmup-seconds", "0", "--seconds", "0", "--rounds", "2",
+            "--round", str(index), "--output", str(rounds[-1]),
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr
+    output = tmp_path / "pooled.json"
+    for given, fragment in (
+        ([rounds[0]], "1 rounds given, the bench has 2"),
+        ([rounds[0], rounds[0]], "not each of 0..1 once"),
+    ):
+        _one_line(run_cli("pool", "--output", str(output), *map(str, given)), str(rounds[0]), fragment)
+        assert not output.exists() and not output.with_suffix(".parquet").exists()
+    other = json.loads(rounds[1].read_text()) | {"precision": "fp16"}
+    rounds[1].write_text(json.dumps(other))
+    _one_line(run_cli("pool", "--output", str(output), *map(str, rounds)), str(rounds[1]), "precision differ")
+    assert not output.exists()
+
+
 def test_engine_copied_into_another_fingerprint_folder(engine, every_layer_onnx, images, tmp_path):
     copy = tmp_path / "intel-xeon-0123456789" / "onnxruntime" / engine.name
     copy.parent.mkdir(parents=True)

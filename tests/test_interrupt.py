@@ -42,7 +42,7 @@ def workdir(tmp_path):
         "engines": {"onnxruntime": ["fp32"], "opencv-darknet": ["fp32"]},
         "batches": [1],
         "images": {"count": 2, "calibration_count": 1},
-        "timing": {"warmup_seconds": 0, "seconds": 0.1, "min_iterations": 2},
+        "timing": {"warmup_seconds": 0, "seconds": 0.1, "min_iterations": 2, "rounds": 2},
     }
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     return tmp_path
@@ -100,8 +100,8 @@ def finished_jobs(log: str) -> list[str]:
 
 # Every job of the fixture's workflow once: what a run that is never killed does.
 ALL_JOBS = Counter(
-    fetch_cfg=1, fetch_weights=1, images=1, convert=1, device=1, build=2, bench=2, reference=1, accuracy=2,
-    table=1, report=1, all=1,
+    fetch_cfg=1, fetch_weights=1, images=1, convert=1, device=1, build=2, bench=4, pool=2, reference=1,
+    accuracy=2, table=1, report=1, all=1,
 )  # fmt: skip
 # Where to kill, and what the killed job may already have put in place (to be redone with it).
 KILL_POINTS = [
@@ -109,8 +109,8 @@ KILL_POINTS = [
     # still run the job again (it does not check incomplete markers of jobs that a checkpoint adds).
     ("resources/calibration", "resources/images/"),
     ("results/engines/*/*/*/*.engine", None),
-    # A timing job writes its per-iteration Parquet file before its summary JSON.
-    ("results/bench/*/*/*/*.json", "results/bench/"),
+    # A timing round writes its per-iteration Parquet file before its summary JSON.
+    ("results/bench/*/*/*/*/round-*.json", "results/bench/"),
     ("results/benchmark.csv", None),
 ]
 
@@ -160,6 +160,6 @@ def test_edited_onnx_rebuilds_its_engines(workdir):
     onnx.save(model, onnx_file)
     plan = snakemake(workdir, "-n", "--quiet", "rules")
     counts = dict(re.findall(r"^([\w-]+)\s+(\d+)$", plan.stdout + plan.stderr, re.M))
-    expected = {"build": "2", "bench": "2", "reference": "1", "accuracy": "2"}
-    expected |= {"table": "1", "report": "1", "all": "1", "total": "10"}
+    expected = {"build": "2", "bench": "4", "pool": "2", "reference": "1", "accuracy": "2"}
+    expected |= {"table": "1", "report": "1", "all": "1", "total": "14"}
     assert counts == expected, plan.stdout

@@ -45,8 +45,11 @@ def _bench(folder, images, onnx, engine, batch, output):
         )
     args = ["bench", "--engine", engine, "--engine-file", str(engine_file), "--model", MODEL]
     args += ["--images", str(images), "--batch", str(batch), "--onnx", str(onnx), "--rotate", "2"]
-    args += ["--warmup-seconds", "0", "--seconds", "0.05", "--output", f"{output}.json"]
-    assert main([*args, "--latencies", f"{output}.parquet"]) == 0
+    args += ["--warmup-seconds", "0", "--seconds", "0.1", "--rounds", "2"]
+    rounds = [f"{output}-round-{index}.json" for index in range(2)]
+    for index, round_output in enumerate(rounds):
+        assert main([*args, "--round", str(index), "--output", round_output]) == 0
+    assert main(["pool", "--output", f"{output}.json", *rounds]) == 0
 
 
 @pytest.fixture(scope="module")
@@ -143,6 +146,24 @@ def table_files(runs, accuracy_files, device_file):
     args += ["--", *(f"{p}.json" for p in results["a"])]
     assert main(args) == 0
     return output
+
+
+def test_pooled_result_holds_every_round(runs):
+    _, results = runs
+    output = results["a"][0]
+    pooled = json.loads(output.with_name(output.name + ".json").read_text())
+    rounds = [json.loads(output.with_name(f"{output.name}-round-{i}.json").read_text()) for i in range(2)]
+    latencies = pd.read_parquet(output.with_name(output.name + ".parquet"))
+    assert pooled["rounds"] == 2 and pooled["round_started"] == [r["round_started"][0] for r in rounds]
+    for index, scope in enumerate(pooled["scopes"]):
+        rows = latencies[latencies["scope"] == scope["scope"]]
+        assert scope["iterations"] == len(rows) == sum(r["scopes"][index]["iterations"] for r in rounds)
+        assert scope["round_medians_ms"] == [r["scopes"][index]["median_ms"] for r in rounds]
+        assert scope["median_ms"] == pytest.approx(rows["latency_ms"].median())
+    end_to_end = pooled["scopes"][1]
+    images = sum(r["scopes"][1]["pipelined_images"] for r in rounds)
+    seconds = sum(r["scopes"][1]["pipelined_seconds"] for r in rounds)
+    assert end_to_end["images_per_second"] == pytest.approx(images / seconds)
 
 
 def test_table_has_a_row_per_scope_with_statistics_and_provenance(table_files):

@@ -25,6 +25,7 @@ pytestmark = pytest.mark.workflow
 # model would be on a real cluster.
 TARGETS = {"local": {}, "second": {"resources": {"slurm_partition": PARTITION, "constraint": FEATURE}}}
 ENGINES = {"onnxruntime": ["fp32"], "opencv-darknet": ["fp32"]}
+ROUNDS = 2
 ROW_KEY = ["target", "model", "width", "height", "engine", "precision", "batch", "scope", "device"]
 
 
@@ -55,7 +56,7 @@ def tiny_config(workdir):
         "engines": ENGINES,
         "batches": [1],
         "images": {"count": 3, "calibration_count": 2},
-        "timing": {"warmup_seconds": 0, "seconds": 0.1, "min_iterations": 2},
+        "timing": {"warmup_seconds": 0, "seconds": 0.1, "min_iterations": 2, "rounds": ROUNDS},
         "targets": TARGETS,
     }
     (workdir / "config.yaml").write_text(yaml.safe_dump(config))
@@ -121,23 +122,27 @@ def test_slurm_run_submits_every_job_and_matches_local_run(cluster, local_run, t
         "fetch_cfg",
         "fetch_weights",
         "images",
+        "pool",
         "table",
         "report",
         "all",
     }
-    # One device probe per target, on it; each engine built and timed in one job, and scored in
-    # another, per target; one reference per model size, for every target.
+    # One device probe per target, on it; per target, each engine built in one job, timed in one
+    # job per round and scored in another; one reference per model size, for every target.
     accuracy = [job for job in jobs if job["Comment"].startswith("rule_accuracy_wildcards_")]
     assert sorted(job["Comment"].split("_")[3] for job in accuracy) == sorted(list(TARGETS) * len(ENGINES))
-    assert Counter(job["Comment"] for job in jobs if job not in accuracy) == {
-        "rule_device_wildcards_local": 1,
-        "rule_device_wildcards_second": 1,
-        "rule_convert_wildcards_net_64": 1,
-        "rule_reference_wildcards_net_64": 1,
-        "rule_engine_bench_build": len(TARGETS) * len(ENGINES),
+    devices = [job["Comment"] for job in jobs if job["Comment"].startswith("rule_device_")]
+    assert sorted(devices) == ["rule_device_wildcards_local", "rule_device_wildcards_second"]
+    assert Counter(job["Comment"].split("_wildcards_")[0] for job in jobs) == {
+        "rule_device": len(TARGETS),
+        "rule_convert": 1,
+        "rule_reference": 1,
+        "rule_build": len(TARGETS) * len(ENGINES),
+        "rule_bench": len(TARGETS) * len(ENGINES) * ROUNDS,
+        "rule_accuracy": len(TARGETS) * len(ENGINES),
     }
     placed = [job for job in jobs if job["Features"] == FEATURE]
-    assert len(placed) == 1 + 2 * len(ENGINES)
+    assert len(placed) == 1 + (2 + ROUNDS) * len(ENGINES)
     assert "rule_device_wildcards_second" in {job["Comment"] for job in placed}
     assert {job["Partition"] for job in placed} == {PARTITION}
 
@@ -146,7 +151,7 @@ def test_slurm_run_submits_every_job_and_matches_local_run(cluster, local_run, t
     gpu_jobs = sorted(
         (job for job in jobs if "gpu:1" in job.get("TresPerJob", "")), key=lambda job: job["StartTime"]
     )
-    assert len(gpu_jobs) == len(TARGETS) * (1 + 2 * len(ENGINES))
+    assert len(gpu_jobs) == len(TARGETS) * (1 + (1 + ROUNDS) * len(ENGINES))
     for before, after in zip(gpu_jobs, gpu_jobs[1:], strict=False):
         assert _time(after["StartTime"]) >= _time(before["EndTime"]), (before, after)
     assert any(

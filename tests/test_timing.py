@@ -13,10 +13,11 @@ from yoloforge.images import _bundled_photo, generated_scene
 from yoloforge.timing import (
     STAGES,
     TimingBudget,
-    bench_scopes,
+    bench_round,
     measure,
     measure_end_to_end,
     measure_pipelined,
+    pool_rounds,
     summarize,
 )
 
@@ -132,11 +133,21 @@ def test_a_delay_in_one_stage_shows_in_that_stage_and_the_total(stage, encoded_i
         assert medians[other] < delay_ms / 2
 
 
+def _rounds(load, batches, encoded, batch, budget):
+    """budget.rounds rounds, each on a fresh engine from load(), pooled as the workflow pools them."""
+    return pool_rounds(
+        [
+            bench_round(load(), batches, encoded, 64, 48, batch, budget.per_round(), index)
+            for index in range(budget.rounds)
+        ],
+        batch,
+    )
+
+
 def test_both_scopes_come_with_every_iteration(encoded_images):
     batches = [np.zeros((1, 3, 48, 64), np.float32)]
-    budget = TimingBudget(0, 0.1, 3, rounds=2)
-    records, latencies = bench_scopes(
-        lambda: SleepingRunner(0.002), batches, encoded_images, 64, 48, 1, budget
+    records, latencies = _rounds(
+        lambda: SleepingRunner(0.002), batches, encoded_images, 1, TimingBudget(0, 0.1, 3, rounds=2)
     )
     assert [record["scope"] for record in records] == ["model", "end-to-end"]
     assert all(f"stage_{stage}_ms" in records[1] for stage in STAGES)
@@ -145,12 +156,13 @@ def test_both_scopes_come_with_every_iteration(encoded_images):
         assert len(rows) == record["iterations"] >= 4  # min_iterations 3 over 2 rounds: 2 each
         assert rows["latency_ms"].median() == pytest.approx(record["median_ms"])
         assert set(rows["round"]) == {0, 1} and len(record["round_medians_ms"]) == 2
+        assert list(rows.groupby("round")["iteration"].min()) == [0, 0]
     assert latencies.loc[latencies["scope"] == "model", "stage_decode_ms"].isna().all()
     assert records[1]["sequential_images_per_second"] == pytest.approx(1000 / records[1]["median_ms"])
 
 
 class SlowerEachLoad:
-    """Loads engines that each run a little slower than the one before, as reloads can."""
+    """Loads engines that each run a little slower than the one before, as a machine can drift."""
 
     def __init__(self) -> None:
         self.loads = 0
@@ -163,8 +175,7 @@ class SlowerEachLoad:
 def test_the_spread_covers_every_round(encoded_images):
     load = SlowerEachLoad()
     batches = [np.zeros((1, 3, 48, 64), np.float32)]
-    budget = TimingBudget(0, 0.9, 3, rounds=3)
-    records, latencies = bench_scopes(load, batches, encoded_images, 64, 48, 1, budget)
+    records, latencies = _rounds(load, batches, encoded_images, 1, TimingBudget(0, 0.9, 3, rounds=3))
     assert load.loads == 3
     for record in records:
         # End to end, every stage but inference adds about the same time in every round.
@@ -228,16 +239,17 @@ def test_pipelined_throughput_overlaps_every_stage_with_inference(
 
 
 def test_end_to_end_record_reports_the_pipelined_throughput():
-    records, _ = bench_scopes(
+    records, _ = _rounds(
         lambda: PipelineRunner(0.02, 0.03),
         [np.zeros((2, 3, 48, 64), np.float32)],
         [b""] * 3,
-        64,
-        48,
         2,
-        TimingBudget(0, 1.2, 5),
+        TimingBudget(0, 1.2, 5, rounds=2),
     )
     model, end_to_end = records
     assert model["images_per_second"] == pytest.approx(2 * 1000 / 20, rel=0.1)
     assert end_to_end["sequential_images_per_second"] == pytest.approx(2 * 1000 / 50, rel=0.15)
     assert end_to_end["images_per_second"] == pytest.approx(2 * 1000 / 30, rel=0.15)
+    assert end_to_end["images_per_second"] == pytest.approx(
+        end_to_end["pipelined_images"] / end_to_end["pipelined_seconds"]
+    )

@@ -55,7 +55,7 @@ def workdir(tmp_path, synthetic_weights):
         "engines": {"onnxruntime": ["fp32"], "opencv-darknet": ["fp32"], "tensorrt": ["fp16"]},
         "batches": [1, 2],
         "images": {"count": 3, "calibration_count": 2},
-        "timing": {"warmup_seconds": 0, "seconds": 0.1, "min_iterations": 2},
+        "timing": {"warmup_seconds": 0, "seconds": 0.1, "min_iterations": 2, "rounds": 2},
     }
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
     return tmp_path
@@ -74,7 +74,13 @@ def test_tiny_config_runs_end_to_end_and_reruns_nothing(workdir):
     )
     assert (results / "benchmark.md").read_text().count("\n") == len(table) + 2
     assert "<svg" in (results / "report.html").read_text()
-    assert len(list((results / "bench").rglob("*.parquet"))) == 3 * 2 * 2  # timed sizes x engines x batches
+    timed = 3 * 2 * 2  # timed sizes x engines x batches
+    assert len(list((results / "bench").glob("*/*/*/*.parquet"))) == timed
+    assert len(list((results / "bench").glob("*/*/*/*/round-*.parquet"))) == timed * 2
+    assert (table["rounds"].dropna() == 2).all()
+    # A later round waits behind every earlier one: round 0 of every engine before any round 1.
+    started = [json.loads(path.read_text())["round_started"] for path in results.glob("bench/*/*/*/*.json")]
+    assert max(first for first, _ in started) <= min(second for _, second in started)
     # Not installable here: its rows say why, instead of failing the workflow.
     tensorrt = table[table["engine"] == "tensorrt"]
     assert tensorrt["unavailable"].str.contains("tensorrt is not installed").all()

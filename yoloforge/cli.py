@@ -123,14 +123,18 @@ def cmd_build(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
+    import time
+
     from yoloforge.backends import get_backend, read_sidecar
     from yoloforge.datasets import image_set_source
     from yoloforge.device import cpu_threads, fingerprint_id
-    from yoloforge.files import write_json
+    from yoloforge.files import atomic_output, write_json
     from yoloforge.flops import onnx_flops_per_image
     from yoloforge.images import image_paths, preprocessed_batches
-    from yoloforge.timing import TimingBudget, bench_scopes
+    from yoloforge.timing import TimingBudget, bench_round
 
+    if args.round >= args.rounds:
+        raise YoloforgeError(f"round {args.round} of {args.rounds}: rounds count from 0", args.output)
     backend = get_backend(args.engine)
     sidecar = read_sidecar(args.engine_file)
     if args.fingerprint and fingerprint_id(sidecar.get("device", {})) != args.fingerprint:
@@ -144,8 +148,10 @@ def cmd_bench(args: argparse.Namespace) -> None:
     batches = preprocessed_batches(paths, width, height, args.batch, args.rotate)
     encoded = [path.read_bytes() for path in paths]  # read before timing: file I/O is not timed
     budget = TimingBudget(args.warmup_seconds, args.seconds, args.min_iterations, rounds=args.rounds)
-    scopes, latencies = bench_scopes(
-        lambda: backend.load(args.engine_file, args.onnx), batches, encoded, width, height, args.batch, budget
+    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    runner = backend.load(args.engine_file, args.onnx)
+    scopes, latencies = bench_round(
+        runner, batches, encoded, width, height, args.batch, budget.per_round(), args.round
     )
     result = {
         "model": args.model,
@@ -156,6 +162,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
         "batch": args.batch,
         "target": args.target,
         "threads": cpu_threads(),
+        "rounds": args.rounds,
+        "round_started": [started],
         "scopes": scopes,
         "flops_per_image": onnx_flops_per_image(args.onnx) if args.onnx else None,
         "build_seconds": sidecar["build_seconds"],
@@ -166,28 +174,68 @@ def cmd_bench(args: argparse.Namespace) -> None:
         "device": sidecar["device"],
         "libraries": sidecar["libraries"],
     }
-    if args.latencies:
-        from yoloforge.files import atomic_output
-
-        for key in ("model", "width", "height", "engine", "precision", "batch"):
-            latencies[key] = result[key]
-        with atomic_output(args.latencies) as tmp:
-            latencies.to_parquet(tmp, index=False)
+    for key in ("model", "width", "height", "engine", "precision", "batch"):
+        latencies[key] = result[key]
+    with atomic_output(args.output.removesuffix(".json") + ".parquet") as tmp:
+        latencies.to_parquet(tmp, index=False)
     write_json(args.output, result)
-    for scope in scopes:
+    _log_timing(result, f"round {args.round} of {args.rounds}")
+
+
+def cmd_pool(args: argparse.Namespace) -> None:
+    import pandas as pd
+
+    from yoloforge.files import atomic_output, write_json
+    from yoloforge.table import read_json
+    from yoloforge.timing import pool_rounds
+
+    rounds = [read_json(path, "timing round") for path in args.rounds]
+    first = rounds[0]
+    same = ("model", "width", "height", "engine", "precision", "batch", "target", "device", "rounds")
+    for path, result in zip(args.rounds, rounds, strict=True):
+        differing = [key for key in same if result.get(key) != first.get(key)]
+        if differing:
+            raise YoloforgeError(f"not a round of {args.rounds[0]}: {', '.join(differing)} differ", path)
+    if len(rounds) != first["rounds"]:
+        raise YoloforgeError(f"{len(rounds)} rounds given, the bench has {first['rounds']}", args.rounds[0])
+    try:
+        frames = [pd.read_parquet(path.removesuffix(".json") + ".parquet") for path in args.rounds]
+    except (OSError, ValueError) as error:
+        raise YoloforgeError(f"unreadable round latencies: {error}", args.output) from None
+    indices = sorted(int(index) for frame in frames for index in frame["round"].unique())
+    if indices != list(range(first["rounds"])):
+        raise YoloforgeError(
+            f"rounds {indices} given, not each of 0..{first['rounds'] - 1} once", args.rounds[0]
+        )
+    scopes, latencies = pool_rounds(
+        [(result["scopes"], frame) for result, frame in zip(rounds, frames, strict=True)], first["batch"]
+    )
+    result = {
+        **first,
+        "round_started": [started for result in rounds for started in result["round_started"]],
+        "scopes": scopes,
+    }
+    with atomic_output(args.output.removesuffix(".json") + ".parquet") as tmp:
+        latencies.to_parquet(tmp, index=False)
+    write_json(args.output, result)
+    _log_timing(result, f"{len(rounds)} rounds")
+
+
+def _log_timing(result: dict, rounds: str) -> None:
+    for scope in result["scopes"]:
         log.info(
-            "%s %s %s b%d %s: median %.2f ms (p10 %.2f, p90 %.2f) over %d iterations in %d rounds"
+            "%s %s %s b%d %s: median %.2f ms (p10 %.2f, p90 %.2f) over %d iterations, %s"
             " (round medians %s), %.1f images/s",
-            args.model,
-            args.engine,
+            result["model"],
+            result["engine"],
             result["precision"],
-            args.batch,
+            result["batch"],
             scope["scope"],
             scope["median_ms"],
             scope["p10_ms"],
             scope["p90_ms"],
             scope["iterations"],
-            args.rounds,
+            rounds,
             " ".join(f"{median:.2f}" for median in scope["round_medians_ms"]),
             scope["images_per_second"],
         )
@@ -409,12 +457,22 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seconds", type=_non_negative_float, default=5.0)
     bench.add_argument("--min-iterations", type=_positive_int, default=3)
     bench.add_argument(
-        "--rounds", type=_positive_int, default=3, help="engine loads the budget is split over"
+        "--rounds",
+        type=_positive_int,
+        default=1,
+        help="rounds the budget is split over; this process times one of them (see pool)",
     )
+    bench.add_argument("--round", type=int, default=0, help="which round this is, from 0")
     bench.add_argument("--target", default="local", help="the configured target this runs on")
-    bench.add_argument("--output", required=True)
-    bench.add_argument("--latencies", help="write every iteration's latencies here (Parquet)")
+    bench.add_argument(
+        "--output", required=True, help="the result JSON; every iteration's latencies go beside it (.parquet)"
+    )
     bench.set_defaults(func=cmd_bench)
+
+    pool = commands.add_parser("pool", help="pool the rounds of one bench into its result")
+    pool.add_argument("--output", required=True, help="the result JSON; the pooled latencies go beside it")
+    pool.add_argument("rounds", nargs="+", help="the JSON of each round's `bench`, Parquet beside it")
+    pool.set_defaults(func=cmd_pool)
 
     reference = commands.add_parser("reference", help="the reference implementation's detections (FP32)")
     reference.add_argument("--onnx", required=True)

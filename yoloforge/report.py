@@ -273,8 +273,9 @@ def write_report(
         f'<p class="note">{html.escape(provenance)}</p>',
         "<h2>Comparison table</h2>",
         '<p class="note">p50 is the median over every timed iteration; p10-p90 is the spread of this'
-        " run's iterations (pooled over rounds, each on a fresh load of the engine), which a rerun's p50"
-        " stays within only if the machine is as quiet as it was"
+        " run's iterations, pooled over rounds that each ran in a process of its own at a different"
+        " time of the run, so it holds how the machine drifted during the run, not how another"
+        " machine or a busier moment would differ"
         " (compare runs with <code>yoloforge compare</code>). Speedup: ms per image of the device's baseline"
         " (opencv-darknet fp32 on a CPU, torch-eager fp32 on a GPU) over the row's. Of ceiling: the row's"
         " TFLOP/s over the device's measured ceiling at its precision (a large 3x3 convolution, timed"

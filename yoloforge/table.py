@@ -44,6 +44,7 @@ ACCURACY_NUMBERS = [
 COLUMNS = [
     *ROW,
     "iterations",
+    "rounds",
     "median_ms",
     "mean_ms",
     "std_ms",
@@ -79,7 +80,7 @@ COLUMNS = [
 ]
 
 
-def _read_json(path: str | os.PathLike, what: str) -> dict[str, Any]:
+def read_json(path: str | os.PathLike, what: str) -> dict[str, Any]:
     try:
         record = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as error:
@@ -91,7 +92,7 @@ def _read_json(path: str | os.PathLike, what: str) -> dict[str, Any]:
 
 def _timing_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
     """A bench (or unavailable) JSON -> one row per scope it holds."""
-    record = _read_json(path, "timing result")
+    record = read_json(path, "timing result")
     scopes = record.pop("scopes", None)
     if not scopes:
         raise YoloforgeError("timing result has no scopes (written by an older yoloforge?)", path)
@@ -111,7 +112,7 @@ def _timing_rows(path: str | os.PathLike) -> list[dict[str, Any]]:
 def _accuracy_rows(files: list[str | os.PathLike]) -> pd.DataFrame:
     rows = []
     for path in files:
-        record = _read_json(path, "accuracy result")
+        record = read_json(path, "accuracy result")
         missing = [key for key in ACCURACY_KEY if key not in record]
         if missing:
             raise YoloforgeError(f"accuracy result lacks {', '.join(missing)}", path)
@@ -138,7 +139,7 @@ def _ceilings(files: list[str | os.PathLike]) -> dict[tuple[str, str, str], floa
         if target in targets:
             raise YoloforgeError(f"two device probes for target {target}", path)
         targets.add(target)
-        record = _read_json(path, "device probe").get("ceilings") or {}
+        record = read_json(path, "device probe").get("ceilings") or {}
         kind = (record.get("device") or {}).get("kind")
         for precision, figures in (record.get("precisions") or {}).items():
             ceilings[(target, kind, precision)] = float(figures["tflops"])

@@ -10,10 +10,10 @@ Two scopes, measured separately:
 Device work is timed by explicit synchronization: every timed iteration, and every staged
 end-to-end stage, ends with `Runner.synchronize()`, so queued kernels count where they were queued.
 
-A bench measures in rounds, each on a freshly loaded engine, and pools their iterations, so the
-spread includes whatever varies from one load to the next (thread pools, allocations, kernel
-choices); each round's p50 is kept to show how much that is. It does not include what varies
-between processes or over minutes, which on a shared VM can be more (README, Timing).
+A bench is timed in rounds, each its own process with its own engine load (bench_round), and
+their iterations are pooled (pool_rounds). The workflow runs a bench's rounds as separate jobs at
+different times of the run, so the pooled spread holds what varies between loads, between
+processes and over the minutes of a run, not only within one process (README, Timing).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class TimingBudget:
     seconds: float = 5.0
     min_iterations: int = 3
     warmup_iterations: int = 1
-    rounds: int = 1  # engine loads, each warmed up and timed for its share of the budget
+    rounds: int = 1  # separate processes, each warmed up and timed for its share of the budget
 
     def __post_init__(self) -> None:
         if (
@@ -211,82 +211,79 @@ def summarize(latencies_ms: np.ndarray, batch: int) -> dict[str, float]:
     }
 
 
-def _pooled(rounds: list[dict[str, np.ndarray]], batch: int) -> dict[str, Any]:
-    """Summary statistics over every round's iterations, and each round's own p50."""
-    return {
-        **summarize(np.concatenate([columns["latency_ms"] for columns in rounds]), batch),
-        "round_medians_ms": [float(np.median(columns["latency_ms"])) for columns in rounds],
-    }
-
-
-def _frame(scope: str, rounds: list[dict[str, np.ndarray]]) -> pd.DataFrame:
-    import pandas as pd
-
-    return pd.concat(
-        [
-            pd.DataFrame(
-                {
-                    "scope": scope,
-                    "round": index,
-                    "iteration": np.arange(columns["latency_ms"].size),
-                    **columns,
-                }
-            )
-            for index, columns in enumerate(rounds)
-        ],
-        ignore_index=True,
-    )
-
-
-def bench_scopes(
-    load: Callable[[], Runner],
+def bench_round(
+    runner: Runner,
     batches: list[np.ndarray],
     encoded: list[bytes],
     width: int,
     height: int,
     batch: int,
     budget: TimingBudget,
+    round_index: int = 0,
 ) -> tuple[list[dict[str, Any]], pd.DataFrame]:
-    """Both scopes, in budget.rounds rounds; a summary record per scope and every iteration's
-    latencies as one long frame (columns scope, round, iteration, latency_ms, stage_<name>_ms).
+    """One round on a loaded engine: a summary record per scope, and every iteration's latencies
+    as one long frame (columns scope, round, iteration, latency_ms, stage_<name>_ms).
 
-    Each round calls `load` for a fresh engine and times, for its share of the budget, the model
-    scope, then the end-to-end scope: half of that share staged, half pipelined. The records'
-    statistics are over every round's iterations, with each round's p50 in round_medians_ms. The
-    end-to-end record has each stage's median as stage_<name>_ms, the pipelined throughput as
-    images_per_second and the staged one (batch x 1000 / p50 ms) as sequential_images_per_second.
+    The model scope is timed for budget.seconds, then the end-to-end scope for as long: half of
+    it staged, half pipelined. The end-to-end record has each stage's median as stage_<name>_ms,
+    the pipelined throughput as images_per_second (with the images and seconds it was counted
+    over, for pooling) and the staged one (batch x 1000 / p50 ms) as sequential_images_per_second.
     """
     import pandas as pd
 
-    one_round = budget.per_round()
-    half_round = replace(one_round, seconds=one_round.seconds / 2)
-    model: list[dict[str, np.ndarray]] = []
-    staged: list[dict[str, np.ndarray]] = []
-    pipelined_images, pipelined_seconds = 0, 0.0
-    for _ in range(budget.rounds):
-        runner = load()
-        model.append({"latency_ms": measure(runner, batches, one_round)})
-        times = measure_end_to_end(runner, encoded, width, height, batch, half_round)
-        staged.append({"latency_ms": times["total"], **{f"stage_{name}_ms": times[name] for name in STAGES}})
-        images, seconds = measure_pipelined(runner, encoded, width, height, batch, half_round)
-        pipelined_images += images
-        pipelined_seconds += seconds
-        # Released before the next load: two copies of a large engine may not fit in device memory.
-        del runner
-    end_to_end = _pooled(staged, batch)
-    stage_medians = {
-        f"stage_{name}_ms": float(np.median(np.concatenate([c[f"stage_{name}_ms"] for c in staged])))
-        for name in STAGES
-    }
-    records = [
-        {"scope": "model", **_pooled(model, batch)},
-        {
-            "scope": "end-to-end",
-            **end_to_end,
-            "images_per_second": pipelined_images / pipelined_seconds,
-            "sequential_images_per_second": end_to_end["images_per_second"],
-            **stage_medians,
-        },
-    ]
-    frame = pd.concat([_frame("model", model), _frame("end-to-end", staged)], ignore_index=True)
-    return records, frame
+    half = replace(budget, seconds=budget.seconds / 2)
+    model = measure(runner, batches, budget)
+    times = measure_end_to_end(runner, encoded, width, height, batch, half)
+    images, seconds = measure_pipelined(runner, encoded, width, height, batch, half)
+    frame = pd.concat(
+        [
+            pd.DataFrame({"scope": "model", "latency_ms": model}),
+            pd.DataFrame(
+                {
+                    "scope": "end-to-end",
+                    "latency_ms": times["total"],
+                    **{f"stage_{name}_ms": times[name] for name in STAGES},
+                }
+            ),
+        ],
+        ignore_index=True,
+    )
+    frame.insert(1, "round", round_index)
+    frame.insert(2, "iteration", frame.groupby("scope").cumcount())
+    pipelined = {"scope": "end-to-end", "pipelined_images": images, "pipelined_seconds": seconds}
+    return pool_rounds([([pipelined], frame)], batch)
+
+
+def pool_rounds(
+    rounds: list[tuple[list[dict[str, Any]], pd.DataFrame]], batch: int
+) -> tuple[list[dict[str, Any]], pd.DataFrame]:
+    """Rounds as bench_round returns them -> summary records per scope over every round's
+    iterations, with each round's p50 in round_medians_ms, and their latencies in one frame.
+
+    The pooled end-to-end throughput is the ratio of the rounds' summed pipelined_images and
+    pipelined_seconds.
+    """
+    import pandas as pd
+
+    latencies = pd.concat([frame for _, frame in rounds], ignore_index=True)
+    pipelined = [record for records, _ in rounds for record in records if record["scope"] == "end-to-end"]
+    records = []
+    for scope in SCOPES:
+        rows = latencies[latencies["scope"] == scope]
+        record = {
+            "scope": scope,
+            **summarize(rows["latency_ms"].to_numpy(), batch),
+            "round_medians_ms": [float(m) for m in rows.groupby("round")["latency_ms"].median()],
+        }
+        if scope == "end-to-end":
+            images = sum(counts["pipelined_images"] for counts in pipelined)
+            seconds = sum(counts["pipelined_seconds"] for counts in pipelined)
+            record |= {
+                "images_per_second": images / seconds,
+                "sequential_images_per_second": record["images_per_second"],
+                "pipelined_images": images,
+                "pipelined_seconds": seconds,
+                **{f"stage_{name}_ms": float(rows[f"stage_{name}_ms"].median()) for name in STAGES},
+            }
+        records.append(record)
+    return records, latencies
