@@ -91,7 +91,7 @@ def test_compare_tells_whether_b_p50_lies_in_a_spread(tmp_path, capsys):
 
     from yoloforge.cli import main
 
-    def table(name: str, figures: list[tuple[float, float, float]]) -> str:
+    def table(name: str, figures: list[tuple[float, float, float, float | None, float | None]]) -> str:
         rows = [
             {
                 "target": "local",
@@ -105,19 +105,27 @@ def test_compare_tells_whether_b_p50_lies_in_a_spread(tmp_path, capsys):
                 "median_ms": p50,
                 "p10_ms": p10,
                 "p90_ms": p90,
+                "rerun_low_ms": low,
+                "rerun_high_ms": high,
                 "images_per_second": 1000 / p50,
             }
-            for engine, (p10, p50, p90) in zip(("a-engine", "b-engine", "c-engine"), figures, strict=True)
+            for engine, (p10, p50, p90, low, high) in zip(
+                ("a-engine", "b-engine", "c-engine"), figures, strict=True
+            )
         ]
         path = tmp_path / f"{name}.csv"
         pd.DataFrame(rows).to_csv(path, index=False)
         return str(path)
 
-    a = table("a", [(9, 10, 12), (19, 20, 22), (29, 30, 32)])
-    b = table("b", [(9, 11, 12), (22, 23, 24), (29, 29, 30)])
+    a = table("a", [(9, 10, 12, 8, 12.5), (19, 20, 22, 17, 24), (29, 30, 32, None, None)])
+    b = table("b", [(9, 11, 12, 9, 13), (22, 23, 24, 20, 26), (29, 29, 30, 25, 33)])
     assert main(["compare", a, b]) == 0
     printed = capsys.readouterr().out
     rows = {line.split(" | ")[2]: line for line in printed.splitlines() if line.startswith("| m ")}
-    assert rows["a-engine"].endswith("| true |") and rows["c-engine"].endswith("| true |")
-    assert rows["b-engine"].endswith("| false |")
-    assert printed.splitlines()[-1] == "2 of 3 rows: B's p50 inside A's p10-p90"
+    assert rows["a-engine"].endswith("| true | true |")
+    assert rows["b-engine"].endswith("| false | true |")
+    assert rows["c-engine"].endswith("| true |  |")  # A has no rerun interval there
+    assert printed.splitlines()[-2:] == [
+        "2 of 3 rows: B's p50 inside A's p10-p90",
+        "2 of 2 rows: B's p50 inside A's rerun interval",
+    ]

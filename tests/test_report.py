@@ -166,6 +166,37 @@ def test_pooled_result_holds_every_round(runs):
     assert end_to_end["images_per_second"] == pytest.approx(images / seconds)
 
 
+def test_rerun_interval_pools_the_round_drift_of_every_row_of_a_target(tmp_path):
+    def result(engine: str, target: str, round_medians: list[float]) -> str:
+        median = float(np.median(round_medians))
+        record = {
+            "model": MODEL, "width": 64, "height": 64, "engine": engine, "precision": "fp32", "batch": 1,
+            "target": target, "device": {"kind": "cpu", "name": "test"}, "libraries": {},
+            "scopes": [{"scope": "model", "median_ms": median, "round_medians_ms": round_medians}],
+        }  # fmt: skip
+        path = tmp_path / f"{target}-{engine}.json"
+        path.write_text(json.dumps(record))
+        return str(path)
+
+    files = [
+        result("drifting", "here", [10.0, 12.0]),
+        result("steady", "here", [20.0, 20.0, 20.0]),
+        result("single", "there", [5.0]),
+    ]
+    table = build_table(files).set_index("engine")
+    # log 10 and log 12 lie log(1.2) / 2 either side of their mean: 1 degree of freedom; the steady
+    # row adds 2 more and no deviation.
+    drift = np.sqrt(2 * (np.log(1.2) / 2) ** 2 / 3)
+    assert table.loc[["drifting", "steady"], "round_drift"].tolist() == pytest.approx([drift, drift])
+    for engine, rounds in (("drifting", 2), ("steady", 3)):
+        half = 1.96 * drift * np.sqrt(2 / rounds)
+        median = table.loc[engine, "median_ms"]
+        assert table.loc[engine, "rerun_low_ms"] == pytest.approx(median * np.exp(-half))
+        assert table.loc[engine, "rerun_high_ms"] == pytest.approx(median * np.exp(half))
+    # One round on its target: no drift to go by, so no interval.
+    assert table.loc["single", ["rerun_low_ms", "rerun_high_ms", "round_drift"]].isna().all()
+
+
 def test_table_has_a_row_per_scope_with_statistics_and_provenance(table_files):
     table = read_table(table_files)
     assert len(table) == len(ENGINES) * len(BATCHES) * 2

@@ -129,7 +129,6 @@ def cmd_bench(args: argparse.Namespace) -> None:
     from yoloforge.datasets import image_set_source
     from yoloforge.device import cpu_threads, fingerprint_id
     from yoloforge.files import atomic_output, write_json
-    from yoloforge.flops import onnx_flops_per_image
     from yoloforge.images import image_paths, preprocessed_batches
     from yoloforge.timing import TimingBudget, bench_round
 
@@ -165,7 +164,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
         "rounds": args.rounds,
         "round_started": [started],
         "scopes": scopes,
-        "flops_per_image": onnx_flops_per_image(args.onnx) if args.onnx else None,
+        "flops_per_image": sidecar.get("flops_per_image"),
         "build_seconds": sidecar["build_seconds"],
         "engine_bytes": sidecar["engine_bytes"],
         "weights_source": sidecar["model"].get("weights_source", "unknown"),
@@ -340,11 +339,12 @@ def cmd_compare(args: argparse.Namespace) -> None:
     comparison = compare_tables(read_table(args.first), read_table(args.second))
     if comparison.empty:
         raise YoloforgeError(f"no row is timed both here and in {args.first}", args.second)
-    inside = int((comparison["b_p50_in_a_spread"] == "true").sum())
-    text = (
-        f"A: {args.first}\nB: {args.second}\n\n{markdown_table(comparison)}\n"
-        f"{inside} of {len(comparison)} rows: B's p50 inside A's p10-p90\n"
+    counts = "".join(
+        f"{int((comparison[column] == 'true').sum())} of {int((comparison[column] != '').sum())}"
+        f" rows: B's p50 inside A's {what}\n"
+        for column, what in (("b_p50_in_a_spread", "p10-p90"), ("b_p50_in_a_rerun", "rerun interval"))
     )
+    text = f"A: {args.first}\nB: {args.second}\n\n{markdown_table(comparison)}\n{counts}"
     sys.stdout.write(text)
     if args.output:
         with atomic_output(args.output) as tmp:
@@ -445,9 +445,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser("bench", help="time one engine on the evaluation images")
     bench.add_argument("--engine", required=True)
     bench.add_argument("--engine-file", required=True)
-    bench.add_argument(
-        "--onnx", help="the ONNX file the engine must have been built from; its FLOPs are counted"
-    )
+    bench.add_argument("--onnx", help="refuse the engine unless it was built from this ONNX file")
     bench.add_argument("--fingerprint", help="refuse the engine unless it was built for this fingerprint id")
     bench.add_argument("--model", required=True)
     bench.add_argument("--images", required=True)

@@ -274,8 +274,9 @@ def write_report(
         "<h2>Comparison table</h2>",
         '<p class="note">p50 is the median over every timed iteration; p10-p90 is the spread of this'
         " run's iterations, pooled over rounds that each ran in a process of its own at a different"
-        " time of the run, so it holds how the machine drifted during the run, not how another"
-        " machine or a busier moment would differ"
+        " time of the run. Rerun p50 95%: where a rerun's p50 lands 19 times in 20 if the machine"
+        " drifts as it did during this run (the round-to-round drift of every row of the device,"
+        " pooled); it says nothing of another machine or a busier moment"
         " (compare runs with <code>yoloforge compare</code>). Speedup: ms per image of the device's baseline"
         " (opencv-darknet fp32 on a CPU, torch-eager fp32 on a GPU) over the row's. Of ceiling: the row's"
         " TFLOP/s over the device's measured ceiling at its precision (a large 3x3 convolution, timed"

@@ -8,6 +8,7 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from yoloforge.device import fingerprint_id
@@ -21,6 +22,9 @@ BASELINES = {"cpu": ("opencv-darknet", "fp32"), "cuda": ("torch-eager", "fp32")}
 ROW = ["target", "model", "width", "height", "engine", "precision", "batch", "scope"]
 ACCURACY_KEY = ["target", "model", "width", "height", "engine", "precision"]
 STAGE_COLUMNS = [f"stage_{stage}_ms" for stage in STAGES]
+# Two-sided 95%: a rerun's p50 falls in its row's rerun interval 19 times in 20, if the machine
+# drifts during the rerun as it did during this run.
+RERUN_Z = 1.96
 # Accuracy JSON keys that would collide with timing columns get this prefix.
 ACCURACY_RENAMED = {"batch", "images", "images_source", "reference"}
 ACCURACY_COLUMNS = [
@@ -52,6 +56,9 @@ COLUMNS = [
     "p10_ms",
     "p90_ms",
     "p99_ms",
+    "rerun_low_ms",
+    "rerun_high_ms",
+    "round_drift",
     *STAGE_COLUMNS,
     "ms_per_image",
     "images_per_second",
@@ -146,6 +153,40 @@ def _ceilings(files: list[str | os.PathLike]) -> dict[tuple[str, str, str], floa
     return ceilings
 
 
+def _rerun_intervals(frame: pd.DataFrame) -> pd.DataFrame:
+    """Per row, where a rerun's p50 is expected: p50 x exp(+-RERUN_Z x drift x sqrt(2 / k)).
+
+    drift is the target's round-to-round variation: the standard deviation of log round medians
+    about their row's mean, pooled over every timed row of the target (k - 1 degrees of freedom
+    for a row of k rounds), so one well-sampled estimate serves every row. A row's p50 pools k
+    rounds, a rerun's too, hence sqrt(2 / k). Rows of fewer than two rounds give no estimate; a
+    target with none has no intervals.
+    """
+    intervals = pd.DataFrame(
+        np.nan, index=frame.index, columns=["rerun_low_ms", "rerun_high_ms", "round_drift"]
+    )
+    if "round_medians_ms" not in frame:
+        return intervals
+    rounds = frame["round_medians_ms"].map(
+        lambda medians: np.log(medians) if isinstance(medians, list) else None
+    )
+    for _, members in frame.groupby("target"):
+        logs = [
+            rounds[index] for index in members.index if rounds[index] is not None and len(rounds[index]) > 1
+        ]
+        freedom = sum(len(values) - 1 for values in logs)
+        if not freedom:
+            continue
+        drift = float(np.sqrt(sum(np.square(values - values.mean()).sum() for values in logs) / freedom))
+        for index in members.index:
+            if rounds[index] is None:
+                continue
+            half = RERUN_Z * drift * np.sqrt(2 / len(rounds[index]))
+            median = frame.at[index, "median_ms"]
+            intervals.loc[index] = [median * np.exp(-half), median * np.exp(half), drift]
+    return intervals
+
+
 def checkout_state(directory: str | os.PathLike) -> dict[str, Any]:
     """The git commit of a checkout and whether its tree differs from it ("unknown" outside git)."""
 
@@ -177,7 +218,9 @@ def build_table(
     on (a CPU engine on a GPU node has none); int8 rows and targets without a probe have none.
     """
     rows = [row for path in result_files for row in _timing_rows(path)]
-    table = pd.DataFrame(rows).reindex(columns=COLUMNS)
+    frame = pd.DataFrame(rows)
+    table = frame.reindex(columns=COLUMNS)
+    table[["rerun_low_ms", "rerun_high_ms", "round_drift"]] = _rerun_intervals(frame)
     for key, value in (provenance or {}).items():
         table[key] = value
     if accuracy_files:
@@ -236,6 +279,7 @@ SUMMARY = {
     "scope": "scope",
     "median_ms": "p50 ms",
     "spread": "p10-p90 ms",
+    "rerun": "rerun p50 95% ms",
     "ms_per_image": "ms/img",
     "images_per_second": "img/s",
     "speedup": "speedup",
@@ -266,10 +310,14 @@ def summary_table(table: pd.DataFrame) -> pd.DataFrame:
     cells["fraction_of_ceiling"] = table["fraction_of_ceiling"].map(
         lambda fraction: f"{_number(100 * fraction)}%" if fraction == fraction else ""
     )
-    cells["spread"] = [
-        f"{_number(low)}-{_number(high)}" if low == low else ""
-        for low, high in zip(table["p10_ms"], table["p90_ms"], strict=True)
-    ]
+    for cell, low_column, high_column in (
+        ("spread", "p10_ms", "p90_ms"),
+        ("rerun", "rerun_low_ms", "rerun_high_ms"),
+    ):
+        cells[cell] = [
+            f"{_number(low)}-{_number(high)}" if low == low else ""
+            for low, high in zip(table[low_column], table[high_column], strict=True)
+        ]
     cells["pre_post"] = [
         f"{_number(decode + pre)} / {_number(post)}" if post == post else ""
         for decode, pre, post in zip(
@@ -336,8 +384,19 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
 
 def compare_tables(first: pd.DataFrame, second: pd.DataFrame) -> pd.DataFrame:
     """Two runs side by side (two devices, two commits): rows both timed, with B/A ratios, and
-    b_p50_in_a_spread ("true"/"false"): whether B's p50 lies inside A's p10-p90."""
-    columns = [*ROW, "median_ms", "p10_ms", "p90_ms", "images_per_second", "device_name", "git_commit"]
+    whether B's p50 lies inside A's p10-p90 and inside A's rerun interval ("true"/"false"; "" where
+    A has none)."""
+    columns = [
+        *ROW,
+        "median_ms",
+        "p10_ms",
+        "p90_ms",
+        "rerun_low_ms",
+        "rerun_high_ms",
+        "images_per_second",
+        "device_name",
+        "git_commit",
+    ]
     merged = first.reindex(columns=columns).merge(
         second.reindex(columns=columns), on=ROW, suffixes=("_a", "_b")
     )
@@ -356,6 +415,10 @@ def compare_tables(first: pd.DataFrame, second: pd.DataFrame) -> pd.DataFrame:
     cells["B/A img/s"] = (merged["images_per_second_b"] / merged["images_per_second_a"]).map(
         lambda v: f"{v:.3f}"
     )
-    inside = merged["median_ms_b"].between(merged["p10_ms_a"], merged["p90_ms_a"])
-    cells["b_p50_in_a_spread"] = inside.map({True: "true", False: "false"})
+    for cell, low, high in (
+        ("b_p50_in_a_spread", "p10_ms_a", "p90_ms_a"),
+        ("b_p50_in_a_rerun", "rerun_low_ms_a", "rerun_high_ms_a"),
+    ):
+        inside = merged["median_ms_b"].between(merged[low], merged[high])
+        cells[cell] = inside.map({True: "true", False: "false"}).where(merged[low].notna(), "")
     return cells.reset_index(drop=True)

@@ -16,6 +16,7 @@ import numpy as np
 from yoloforge.device import cpu_fingerprint, fingerprint_id
 from yoloforge.errors import YoloforgeError
 from yoloforge.files import atomic_output, sha256_file, write_json
+from yoloforge.flops import onnx_flops_per_image
 
 if TYPE_CHECKING:
     from yoloforge.detections import Boxes
@@ -129,6 +130,9 @@ class Backend(ABC):
             check = output_check(request, lambda: self._load(partial, {"build_flags": flags}))
             sidecar = {
                 "model": onnx_metadata(request.onnx),
+                # Counted once here rather than by every timing round: shape inference of a
+                # 250 MB graph takes a second.
+                "flops_per_image": onnx_flops_per_image(request.onnx),
                 "backend": self.name,
                 "precision": request.precision,
                 "batch": request.batch,
