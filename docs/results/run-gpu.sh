@@ -86,8 +86,7 @@ echo "$ROWS" | grep . | while read -r model engine precision batch; do
   step "$W/bench/$engine-$name.json" "bench-$engine-$name" $Y bench --engine "$engine" \
     --engine-file "$W/engines/$engine/$name.engine" --onnx "$W/onnx/$model.onnx" \
     --model "${model%-*}" --images "$W/images" --batch "$batch" --warmup-seconds 1 --seconds 3 \
-    --min-iterations 10 --rounds 1 --target "$TARGET" --output "$W/bench/$engine-$name.json" \
-    --latencies "$W/bench/$engine-$name.parquet"
+    --min-iterations 10 --rounds 1 --target "$TARGET" --output "$W/bench/$engine-$name.json"
 done
 
 # Accuracy of the real-weights model (64 images), each engine at batch 1.
