@@ -132,7 +132,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     from yoloforge.images import image_paths, preprocessed_batches
     from yoloforge.timing import TimingBudget, bench_round
 
-    if args.round >= args.rounds:
+    if not 0 <= args.round < args.rounds:
         raise YoloforgeError(f"round {args.round} of {args.rounds}: rounds count from 0", args.output)
     backend = get_backend(args.engine)
     sidecar = read_sidecar(args.engine_file)
@@ -195,6 +195,8 @@ def cmd_pool(args: argparse.Namespace) -> None:
         differing = [key for key in same if result.get(key) != first.get(key)]
         if differing:
             raise YoloforgeError(f"not a round of {args.rounds[0]}: {', '.join(differing)} differ", path)
+    if not isinstance(first.get("rounds"), int):
+        raise YoloforgeError("not a timing round of `yoloforge bench` (no rounds count)", args.rounds[0])
     if len(rounds) != first["rounds"]:
         raise YoloforgeError(f"{len(rounds)} rounds given, the bench has {first['rounds']}", args.rounds[0])
     try:
