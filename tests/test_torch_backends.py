@@ -107,6 +107,17 @@ def test_module_exports_for_a_fixed_and_a_dynamic_batch(tiny_onnx):
         fixed.module()(images[:2])
 
 
+def test_channel_padding_keeps_every_output(tiny_onnx):
+    """Zero channels added for tensor cores (the GPU's fp16 and bf16 engines) change nothing."""
+    plain, padded = onnx_module(tiny_onnx), onnx_module(tiny_onnx, channel_multiple=8)
+    channels = {tuple(buffer.shape[:2]) for buffer in padded.buffers() if buffer.dim() == 4}
+    assert all(k % 8 == 0 and c % 8 == 0 for k, c in channels)
+    assert {tuple(buffer.shape[:2]) for buffer in plain.buffers() if buffer.dim() == 4} != channels
+    images = torch.from_numpy(mixed_batch(320, 320))
+    with torch.inference_mode():
+        torch.testing.assert_close(padded(images), plain(images), rtol=0, atol=1e-5)
+
+
 def test_every_layer_type_agrees_with_the_onnx_reference(synthetic_weights, tmp_path):
     cfg = DATA / "every-layer.cfg"
     onnx_path = tmp_path / "every-layer.onnx"

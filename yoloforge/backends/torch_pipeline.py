@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 # Candidates per image that the device NMS considers, the highest-scoring: its IoU matrix is
 # this squared per image. The host decode takes up to 10,000; both keep at most 300 boxes.
 DEVICE_NMS_CANDIDATES = 1024
+# Suppression passes between two reads of whether `keep` has settled (see nms_batch).
+CONVERGENCE_PASSES = 4
 JPEG_MAGIC = b"\xff\xd8\xff"
 
 
@@ -93,58 +95,60 @@ def nms_batch(
     Greedy NMS keeps candidate j (in descending score) unless a kept, higher-scoring candidate
     of its class overlaps it. Instead of one candidate at a time, every image's whole
     suppression matrix is built at once and `keep` is iterated to its fixed point: each pass
-    settles at least the next candidate in order, and passes stop as soon as nothing changes
-    (a handful in practice), so the result is exactly greedy NMS.
+    settles at least the next candidate in order, and a pass past the fixed point changes
+    nothing, so the result is exactly greedy NMS.
+
+    The host waits on the device twice: once to size the candidate set, once for the results.
+    Convergence is read every CONVERGENCE_PASSES passes rather than every pass, since each read
+    stalls the host until the device has caught up (2 passes settled every batch timed so far).
     """
     import torch
 
     count, _, channels = detections.shape
     classes_count = channels - 5
-    # Only candidates over the threshold can be kept, and a trained detector has tens of them
-    # per image among ~10^6 (box, class) pairs: narrow down to the boxes whose best class
-    # passes, then to the candidates of those, sizing each step for the image with the most
-    # (a sync each). A top candidate's box ranks at least as high among boxes, so `candidates`
-    # boxes hold the `candidates` best candidates. Scores are float32 products, as the host
-    # decode computes them.
-    best = detections[..., 4].float() * detections[..., 5:].amax(dim=2).float()
-    boxes_passing = int((best > score_threshold).sum(dim=1).max())
-    box_order = best.topk(max(1, min(candidates, boxes_passing)), dim=1).indices
+    # Scores are float32 products, as the host decode computes them. Only candidates over the
+    # threshold can be kept, and a trained detector has tens of them per image among ~10^6
+    # (box, class) pairs: narrow down to the boxes with a passing class, then to the candidates
+    # of those, sized for the image with the most. A top candidate's box ranks at least as high
+    # among boxes, so `candidates` boxes hold the `candidates` best candidates.
+    class_scores = detections[..., 4:5].float() * detections[..., 5:].float()
+    passing = class_scores > score_threshold
+    sizes = torch.stack([passing.any(dim=2).sum(dim=1).max(), passing.sum(dim=(1, 2)).max()])
+    boxes_passing, candidates_passing = sizes.tolist()
+    del passing
+    box_order = class_scores.amax(dim=2).topk(max(1, min(candidates, boxes_passing)), dim=1).indices
     # In ascending box order, as the host enumerates candidates (box, then class).
     box_order = box_order.sort(dim=1).values
-    rows = detections.gather(1, box_order[..., None].expand(-1, -1, channels)).float()
-    box_xyxy = torch.cat([rows[..., :2] - rows[..., 2:4] / 2, rows[..., :2] + rows[..., 2:4] / 2], dim=2)
-    box_overlaps = _iou(box_xyxy) > iou_threshold
+    xywh = detections[..., :4].gather(1, box_order[..., None].expand(-1, -1, 4)).float()
+    box_xyxy = torch.cat([xywh[..., :2] - xywh[..., 2:] / 2, xywh[..., :2] + xywh[..., 2:] / 2], dim=2)
+    scores = class_scores.gather(1, box_order[..., None].expand(-1, -1, classes_count)).reshape(count, -1)
+    del class_scores
 
-    scores = (rows[..., 4:5] * rows[..., 5:]).reshape(count, -1)
-    passing = int((scores > score_threshold).sum(dim=1).max())
-    top_index = scores.topk(max(1, min(candidates, passing)), dim=1).indices
+    top_index = scores.topk(max(1, min(candidates, candidates_passing)), dim=1).indices
     # topk orders equal scores arbitrarily, and fp16 outputs tie often; the host takes them in
     # candidate order: sort by candidate, then stably by score.
     top_index = top_index.sort(dim=1).values
     top_scores, by_score = scores.gather(1, top_index).sort(dim=1, descending=True, stable=True)
     top_index = top_index.gather(1, by_score)
-    box_index = torch.div(top_index, classes_count, rounding_mode="floor")
     classes = top_index % classes_count
-    xyxy = box_xyxy.gather(1, box_index[..., None].expand(-1, -1, 4))
-    valid = top_scores > score_threshold
-    # Candidates overlap as their boxes do: the IoU matrix is of boxes, gathered for candidates.
-    candidates_count = top_index.shape[1]
-    overlaps = box_overlaps.gather(1, box_index[..., None].expand(-1, -1, box_overlaps.shape[2]))
-    overlaps = overlaps.gather(2, box_index[:, None, :].expand(-1, candidates_count, -1))
-    order = torch.arange(candidates_count, device=detections.device)
-    # suppresses[b, i, j]: candidate i, if kept, removes the lower-scoring candidate j.
-    suppresses = (
-        overlaps
-        & (classes[:, :, None] == classes[:, None, :])
-        & (order[:, None] < order[None, :])
-        & valid[:, :, None]
+    xyxy = box_xyxy.gather(
+        1, torch.div(top_index, classes_count, rounding_mode="floor")[..., None].expand(-1, -1, 4)
     )
+    valid = top_scores > score_threshold
+    # suppresses[b, i, j]: candidate i, if kept, removes the lower-scoring candidate j of its
+    # class. (Whether i is valid need not be asked: only valid candidates are ever kept.)
+    suppresses = (_iou(xyxy) > iou_threshold) & (classes[:, :, None] == classes[:, None, :])
+    # A pass is a matrix-vector product, not a [N, k, k] boolean reduction: on a GPU, byte-wide
+    # elementwise kernels over the matrix took ten times as long as the product.
+    counting = torch.float16 if detections.is_cuda else torch.float32
+    suppresses = suppresses.triu_(diagonal=1).to(counting)
     keep = valid
-    for _ in range(candidates_count):
-        settled = valid & ~(suppresses & keep[:, :, None]).any(dim=1)
-        if torch.equal(settled, keep):
+    for _ in range(0, suppresses.shape[1], CONVERGENCE_PASSES):
+        for _ in range(CONVERGENCE_PASSES):
+            suppressed = torch.bmm(keep.to(counting)[:, None, :], suppresses)[:, 0] > 0
+            previous, keep = keep, valid & ~suppressed
+        if torch.equal(previous, keep):
             break
-        keep = settled
     keep &= keep.cumsum(dim=1) <= max_boxes
 
     # One copy to the host for the whole batch: boxes, score, class and the keep flag.
@@ -158,14 +162,20 @@ def nms_batch(
 
 
 def _iou(xyxy: torch.Tensor) -> torch.Tensor:
-    """Boxes [N, k, 4] -> their pairwise IoU [N, k, k]."""
+    """Boxes [N, k, 4] -> their pairwise IoU [N, k, k], one [N, k, k] temporary per step
+    (not [N, k, k, 2]): the matrix is the largest thing NMS computes."""
     import torch
 
-    top_left = torch.maximum(xyxy[:, :, None, :2], xyxy[:, None, :, :2])
-    bottom_right = torch.minimum(xyxy[:, :, None, 2:], xyxy[:, None, :, 2:])
-    intersection = (bottom_right - top_left).clamp(min=0).prod(dim=3)
-    area = (xyxy[..., 2:] - xyxy[..., :2]).clamp(min=0).prod(dim=2)
-    union = area[:, :, None] + area[:, None, :] - intersection
+    x1, y1, x2, y2 = (xyxy[..., axis] for axis in range(4))
+    width = (
+        torch.minimum(x2[:, :, None], x2[:, None, :]) - torch.maximum(x1[:, :, None], x1[:, None, :])
+    ).clamp_(min=0)
+    height = (
+        torch.minimum(y2[:, :, None], y2[:, None, :]) - torch.maximum(y1[:, :, None], y1[:, None, :])
+    ).clamp_(min=0)
+    intersection = width.mul_(height)
+    area = (x2 - x1).clamp(min=0) * (y2 - y1).clamp(min=0)
+    union = (area[:, :, None] + area[:, None, :]).sub_(intersection)
     # The IoU itself, not intersection > threshold x union: the host decode divides, and the two
     # must round alike at the threshold.
     return torch.where(union > 0, intersection / union.clamp(min=1e-12), 0)
