@@ -8,34 +8,56 @@ import subprocess
 import sys
 import textwrap
 
-from tests.conftest import ROOT
+from tests.conftest import DATA, ROOT
 
 OPTIONAL = ("onnxruntime", "openvino", "nncf", "torch", "cv2", "tensorrt", "polygraphy")
 
-HIDE_OPTIONAL = textwrap.dedent(
-    f"""
-    import importlib.abc, sys
 
-    class HideOptional(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] in {OPTIONAL!r}:
-                raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
-            return None
+def _hiding(names: tuple[str, ...]) -> str:
+    return textwrap.dedent(
+        f"""
+        import importlib.abc, sys
 
-    sys.meta_path.insert(0, HideOptional())
-    """
-)
+        class Hide(importlib.abc.MetaPathFinder):
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in {names!r}:
+                    raise ModuleNotFoundError(f"No module named {{name!r}}", name=name)
+                return None
+
+        sys.meta_path.insert(0, Hide())
+        """
+    )
 
 
-def run_without_optional(code: str, cwd=ROOT) -> subprocess.CompletedProcess:
+def run_without_optional(
+    code: str, cwd=ROOT, hidden: tuple[str, ...] = OPTIONAL
+) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run(
-        [sys.executable, "-c", HIDE_OPTIONAL + textwrap.dedent(code)],
+        [sys.executable, "-c", _hiding(hidden) + textwrap.dedent(code)],
         capture_output=True,
         text=True,
         cwd=cwd,
         env=env,
     )
+
+
+def test_convert_without_onnxsim_fails_in_one_line(synthetic_weights, tmp_path):
+    cfg = DATA / "every-layer.cfg"
+    output = tmp_path / "every-layer.onnx"
+    result = run_without_optional(
+        f"""
+        import yoloforge.cli
+        sys.exit(yoloforge.cli.main(["convert", "--cfg", {str(cfg)!r}, "--weights",
+            {str(synthetic_weights(cfg))!r}, "--size", "64", "--output", {str(output)!r}]))
+        """,
+        hidden=("onnxsim",),
+    )
+    assert result.returncode == 2, result.stderr
+    message = result.stderr.strip().splitlines()[-1]
+    assert message.startswith(f"yoloforge: error: {output}: onnxsim") and "--no-simplify" in message
+    assert "Traceback" not in result.stderr
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_package_and_cli_without_engine_libraries(tmp_path):

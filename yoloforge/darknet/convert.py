@@ -10,6 +10,7 @@ import onnx
 from yoloforge.darknet.cfg import load_cfg
 from yoloforge.darknet.onnx_export import export_onnx
 from yoloforge.darknet.weights import read_weights
+from yoloforge.errors import YoloforgeError
 from yoloforge.files import atomic_output, sha256_file
 from yoloforge.provenance import read_provenance
 
@@ -58,7 +59,14 @@ def convert(
     model = export_onnx(network, params, width, height, metadata)
     onnx.checker.check_model(model, full_check=True)
     if run_simplifier:
-        model = simplify(model)
+        try:
+            model = simplify(model)
+        except ImportError as error:
+            raise YoloforgeError(
+                f"onnxsim, which simplifies the graph every engine is built from, is not installed"
+                f" ({error}); install it, or convert with --no-simplify",
+                output,
+            ) from None
     with atomic_output(output) as tmp:
         onnx.save(model, tmp)
     log.info("wrote %s (%dx%d, %d classes)", output, width, height, network.classes)
