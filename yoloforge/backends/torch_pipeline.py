@@ -98,9 +98,10 @@ def nms_batch(
     settles at least the next candidate in order, and a pass past the fixed point changes
     nothing, so the result is exactly greedy NMS.
 
-    The host waits on the device twice: once to size the candidate set, once for the results.
-    Convergence is read every CONVERGENCE_PASSES passes rather than every pass, since each read
-    stalls the host until the device has caught up (2 passes settled every batch timed so far).
+    The host waits on the device to size the candidate set, for the results, and once every
+    CONVERGENCE_PASSES passes to read whether `keep` has settled, rather than every pass: each
+    read stalls the host until the device has caught up (two passes settled the synthetic
+    yolov3 batches checked).
     """
     import torch
 
@@ -138,8 +139,9 @@ def nms_batch(
     # suppresses[b, i, j]: candidate i, if kept, removes the lower-scoring candidate j of its
     # class. (Whether i is valid need not be asked: only valid candidates are ever kept.)
     suppresses = (_iou(xyxy) > iou_threshold) & (classes[:, :, None] == classes[:, None, :])
-    # A pass is a matrix-vector product, not a [N, k, k] boolean reduction: on a GPU, byte-wide
-    # elementwise kernels over the matrix took ten times as long as the product.
+    # A pass is a matrix-vector product, which reads the matrix once, not an elementwise `&` and
+    # a reduction over it: in a profile on an H200 the `&` alone took 0.2 ms a pass over a
+    # 32 x 1,024 x 1,024 boolean matrix.
     counting = torch.float16 if detections.is_cuda else torch.float32
     suppresses = suppresses.triu_(diagonal=1).to(counting)
     keep = valid
