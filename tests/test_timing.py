@@ -11,6 +11,7 @@ from PIL import Image
 from yoloforge.backends import Runner
 from yoloforge.images import _bundled_photo, generated_scene
 from yoloforge.timing import (
+    PIPELINE_DEPTH,
     STAGES,
     TimingBudget,
     bench_round,
@@ -236,6 +237,30 @@ def test_pipelined_throughput_overlaps_every_stage_with_inference(
     # runs at the pace of its slowest stage.
     slowest_ms = max(decode_ms + preprocess_ms, inference_ms, postprocess_ms)
     assert images / seconds == pytest.approx(batch * 1000 / slowest_ms, rel=0.15)
+
+
+class UnevenNmsRunner(PipelineRunner):
+    """Inference takes `seconds`; NMS `slow_seconds` for every other batch, `quick_seconds` for the rest."""
+
+    def __init__(self, seconds: float, slow_seconds: float, quick_seconds: float) -> None:
+        super().__init__(seconds, decode_seconds=0.0)
+        self.nms_seconds = [slow_seconds, quick_seconds]
+        self.batches = 0
+
+    def postprocess(self, detections):
+        self.batches += 1
+        time.sleep(self.nms_seconds[self.batches % 2])
+        return super().postprocess(detections)
+
+
+def test_pipelined_throughput_absorbs_a_stage_that_is_slow_on_alternate_batches():
+    # NMS averages 20 ms, as inference takes, but takes 35 ms on every other batch: a pipeline
+    # one batch deep waits for it (about 27.5 ms a batch); PIPELINE_DEPTH batches absorb it.
+    assert PIPELINE_DEPTH >= 2
+    batch = 2
+    runner = UnevenNmsRunner(0.02, 0.035, 0.005)
+    images, seconds = measure_pipelined(runner, [b""] * 3, 64, 48, batch, TimingBudget(0, 0.8, 5))
+    assert images / seconds == pytest.approx(batch * 1000 / 20, rel=0.15)
 
 
 def test_end_to_end_record_reports_the_pipelined_throughput():

@@ -10,7 +10,12 @@ from yoloforge.detections import decode
 from yoloforge.images import _bundled_photo, generated_scene, letterbox
 
 torch = pytest.importorskip("torch")
-from yoloforge.backends.torch_pipeline import decode_images, letterbox_batch, nms_batch  # noqa: E402
+from yoloforge.backends.torch_pipeline import (  # noqa: E402
+    CONVERGENCE_PASSES,
+    BatchedNms,
+    decode_images,
+    letterbox_batch,
+)
 
 
 def _clustered_detections(rng: np.random.Generator, boxes: int, classes: int) -> np.ndarray:
@@ -37,7 +42,7 @@ def test_batched_nms_keeps_exactly_what_the_host_decode_keeps(max_boxes, dtype):
         scores = batch[..., 4:5].astype(np.float32) * batch[..., 5:].astype(np.float32)
         passing = scores[scores > 0.25]
         assert np.unique(passing).size < passing.size
-    device_boxes = nms_batch(torch.from_numpy(batch), max_boxes=max_boxes)
+    device_boxes = BatchedNms(max_boxes=max_boxes)(torch.from_numpy(batch))
     batch = batch.astype(np.float32)
     kept = 0
     for rows, found in zip(batch, device_boxes, strict=True):
@@ -50,6 +55,37 @@ def test_batched_nms_keeps_exactly_what_the_host_decode_keeps(max_boxes, dtype):
     # The case is not trivial: NMS removed candidates, and something was kept.
     candidates = int(((batch[..., 4:5] * batch[..., 5:]) > 0.25).sum())
     assert 0 < kept < candidates
+
+
+def test_batched_nms_follows_a_suppression_chain_longer_than_one_round_of_passes():
+    # Boxes in a row, each overlapping its neighbours (IoU 0.54) but not the next ones (0.25), in
+    # descending score: greedy NMS keeps every other box, and each pass settles only about one
+    # more, so many more than CONVERGENCE_PASSES passes are needed.
+    length = 6 * CONVERGENCE_PASSES
+    rows = np.zeros((1, length + 30, 6), dtype=np.float32)
+    rows[0, :length, 0] = 0.1 + 0.03 * np.arange(length)
+    rows[0, :length, 1:4] = [0.5, 0.1, 0.1]
+    rows[0, :length, 4] = 1
+    rows[0, :length, 5] = np.linspace(0.9, 0.5, length)
+    found = BatchedNms()(torch.from_numpy(rows))[0]
+    expected = decode(rows[0])
+    assert len(expected) == length // 2
+    np.testing.assert_array_equal(found.classes, expected.classes)
+    np.testing.assert_allclose(found.xyxy, expected.xyxy, atol=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_batched_nms_in_cuda_graphs_keeps_what_it_keeps_without_them():
+    rng = np.random.default_rng(5)
+    batches = [np.stack([_clustered_detections(rng, 2000, 20) for _ in range(4)]) for _ in range(3)]
+    graphs, eager = BatchedNms(cuda_graphs=True), BatchedNms()
+    # The third batch replays the graph the first captured, if their sizes round alike.
+    for batch in [*batches, batches[0]]:
+        rows = torch.from_numpy(batch).cuda().half()
+        for found, expected in zip(graphs(rows), eager(rows), strict=True):
+            np.testing.assert_array_equal(found.classes, expected.classes)
+            np.testing.assert_array_equal(found.xyxy, expected.xyxy)
+    assert graphs._graphs
 
 
 def test_device_letterbox_matches_the_host_letterbox():
@@ -76,7 +112,7 @@ def test_device_letterbox_matches_the_host_letterbox():
 
 def test_batched_nms_of_a_batch_with_nothing_over_the_threshold_keeps_nothing():
     rows = torch.full((2, 50, 9), 0.1)
-    assert [len(boxes) for boxes in nms_batch(rows)] == [0, 0]
+    assert [len(boxes) for boxes in BatchedNms()(rows)] == [0, 0]
 
 
 def test_device_letterbox_makes_the_requested_precision_and_layout():

@@ -19,8 +19,13 @@ log = logging.getLogger(__name__)
 # 0.8 TFLOP a call); on a CPU small enough to take tens of milliseconds on two cores.
 CUDA_SHAPE = (64, 512, 52)
 CPU_SHAPE = (1, 256, 52)
-WARMUP = 3
-ITERATIONS = {"cuda": 20, "cpu": 10}
+# The convolution runs for WARMUP_SECONDS, then is timed for SECONDS in windows of WINDOW_CALLS
+# back-to-back calls; the ceiling is the median window. Sustained, as the engines are timed: on an
+# H200, 20 calls after 3 gave 700-775 TFLOP/s (fp16) from one process to the next, while clocks
+# still settled; a second of warm-up, then two of windows, gave 665-668 in three processes.
+WARMUP_SECONDS = {"cuda": 1.0, "cpu": 0.2}
+SECONDS = {"cuda": 2.0, "cpu": 0.6}
+WINDOW_CALLS = {"cuda": 10, "cpu": 1}
 
 
 def _torch():
@@ -86,31 +91,40 @@ def _time_convolution(torch, device: str, dtype, shape: tuple[int, int, int]) ->
     def convolve():
         return torch.nn.functional.conv2d(images, weight, stride=1, padding=1)
 
+    calls = WINDOW_CALLS[device]
+
+    def window() -> float:
+        """Milliseconds per call over `calls` back-to-back calls."""
+        if device != "cuda":
+            start = time.perf_counter()
+            for _ in range(calls):
+                convolve()
+            return (time.perf_counter() - start) * 1e3 / calls
+        # Events time the kernels on the GPU, not the launches.
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(calls):
+            convolve()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / calls
+
     times = []
     with torch.inference_mode():
-        for _ in range(WARMUP):  # the first calls pick the algorithm (cudnn.benchmark)
-            convolve()
-        if device == "cuda":
-            torch.cuda.synchronize()
-            # Events time the kernels on the GPU, not the launch: no host jitter in a ~1 ms call.
-            for _ in range(ITERATIONS[device]):
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                convolve()
-                end.record()
-                end.synchronize()
-                times.append(start.elapsed_time(end))
-        else:
-            for _ in range(ITERATIONS[device]):
-                start = time.perf_counter()
-                convolve()
-                times.append((time.perf_counter() - start) * 1e3)
+        # The first calls also pick the algorithm (cudnn.benchmark).
+        began = time.perf_counter()
+        while time.perf_counter() - began < WARMUP_SECONDS[device]:
+            window()
+        began = time.perf_counter()
+        while not times or time.perf_counter() - began < SECONDS[device]:
+            times.append(window())
     ms = statistics.median(times)
     flops = 2 * batch * channels * channels * 9 * size * size
     ceiling = {
         "tflops": flops / (ms / 1e3) / 1e12,
         "shape": f"conv 3x3 stride 1 pad 1, N={batch} C=K={channels} {size}x{size}, channels-last",
         "ms": ms,
+        "timing": f"median of {len(times)} windows of {calls} calls after {WARMUP_SECONDS[device]} s warm-up",
     }
     log.info("%s %s ceiling: %.1f TFLOP/s (%.3f ms)", device, dtype, ceiling["tflops"], ms)
     return ceiling

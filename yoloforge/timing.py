@@ -19,6 +19,7 @@ processes and over the minutes of a run, not only within one process (README, Ti
 from __future__ import annotations
 
 import time
+from collections import deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, replace
@@ -34,6 +35,10 @@ if TYPE_CHECKING:
 SCOPES = ("model", "end-to-end")
 # End-to-end stages in order, each a Runner method (upload is Runner.prepare, inference Runner.run).
 STAGES = ("decode", "preprocess", "upload", "inference", "download", "postprocess")
+# Batches a pipelined stage may run ahead of the next. With one, the device idled whenever the
+# postprocessing thread was late (waiting on the device, or for the interpreter lock): on an H200
+# the model's next batch was not launched until the previous NMS was out.
+PIPELINE_DEPTH = 2
 
 
 @dataclass(frozen=True)
@@ -155,14 +160,14 @@ def measure_pipelined(
 ) -> tuple[int, float]:
     """End-to-end throughput of a three-stage pipeline: (images completed, seconds taken).
 
-    One worker thread decodes and letterboxes the next batch, the main thread takes the current
-    one through upload, inference and download, and another worker postprocesses (NMS) the
-    previous one; so, as in a serving loop, a batch's preparation and its postprocessing overlap
-    the inference of its neighbours. Each stage runs at most one batch ahead of the next, so the
-    figure is the slowest stage's pace (the stages share the host's cores and the device), not a
-    backlog drained later. Timing stops once the last batch's boxes are out. The engine is warm
-    (the staged measurement ran on it), so the warm-up is only warmup_iterations batches: enough
-    to start the timed phase with the pipeline full.
+    One worker thread decodes and letterboxes the coming batches, the main thread takes the
+    current one through upload, inference and download, and another worker postprocesses (NMS)
+    the previous ones; so, as in a serving loop, a batch's preparation and its postprocessing
+    overlap the inference of its neighbours. Each stage runs at most PIPELINE_DEPTH batches
+    ahead of the next, so the figure is the slowest stage's pace (the stages share the host's
+    cores, its interpreter lock and the device), not a backlog drained later. Timing stops once
+    the last batch's boxes are out. The engine is warm (the staged measurement ran on it), so the
+    warm-up only fills the pipeline.
     """
     stages = _stages(runner, width, height)
     preparation, processing, finishing = stages[:2], stages[2:5], stages[5:]
@@ -173,23 +178,26 @@ def measure_pipelined(
         return value
 
     with ThreadPoolExecutor(max_workers=1) as preparer, ThreadPoolExecutor(max_workers=1) as finisher:
-        prepared = preparer.submit(through, preparation, _take(encoded, batch, 0))
-        finished: Future[Any] | None = None
+        prepared = deque(
+            preparer.submit(through, preparation, _take(encoded, batch, iteration))
+            for iteration in range(PIPELINE_DEPTH)
+        )
+        finished: deque[Future[Any]] = deque()
 
         def step(iteration: int) -> None:
-            nonlocal prepared, finished
-            value = prepared.result()
-            following = _take(encoded, batch, iteration + 1)
-            prepared = preparer.submit(through, preparation, following)
+            value = prepared.popleft().result()
+            following = _take(encoded, batch, iteration + PIPELINE_DEPTH)
+            prepared.append(preparer.submit(through, preparation, following))
             value = through(processing, value)
-            if finished is not None:
-                finished.result()
-            finished = finisher.submit(through, finishing, value)
+            if len(finished) == PIPELINE_DEPTH:
+                finished.popleft().result()
+            finished.append(finisher.submit(through, finishing, value))
 
-        completed, seconds = _iterate(step, replace(budget, warmup_seconds=0))
+        warmup = max(budget.warmup_iterations, PIPELINE_DEPTH + 1)
+        completed, seconds = _iterate(step, replace(budget, warmup_seconds=0, warmup_iterations=warmup))
         drain = time.perf_counter()
-        if finished is not None:
-            finished.result()
+        for future in finished:
+            future.result()
         runner.synchronize()
         seconds += time.perf_counter() - drain
     return len(completed) * batch, seconds

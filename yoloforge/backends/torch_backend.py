@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from yoloforge.backends.base import Backend, BuildRequest, Runner
+from yoloforge.backends.torch_pipeline import BatchedNms
 from yoloforge.device import cpu_fingerprint, cpu_threads, cuda_fingerprint
 from yoloforge.errors import YoloforgeError
 
@@ -60,6 +61,7 @@ class _TorchRunner(Runner):
         # waits for its results.
         self._preprocess_stream = torch.cuda.Stream(self.device) if cuda else None
         self._postprocess_stream = torch.cuda.Stream(self.device, priority=-1) if cuda else None
+        self._nms = BatchedNms(cuda_graphs=cuda)
 
     def prepare(self, images):
         import torch
@@ -144,16 +146,14 @@ class _TorchRunner(Runner):
     def postprocess(self, detections) -> list[Boxes]:
         import torch
 
-        from yoloforge.backends.torch_pipeline import nms_batch
-
         if self.device.type != "cuda":
-            return nms_batch(detections)
+            return self._nms(detections)
         outputs, complete = detections
         self._postprocess_stream.wait_event(complete)
         # The caching allocator must not hand the outputs' memory to the main stream while NMS reads it.
         outputs.record_stream(self._postprocess_stream)
         with torch.cuda.stream(self._postprocess_stream):
-            return nms_batch(outputs)
+            return self._nms(outputs)
 
     def infer(self, images: np.ndarray) -> np.ndarray:
         return self.run(self.prepare(images)).float().cpu().numpy()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from concurrent.futures import Executor
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -21,10 +22,13 @@ from yoloforge.images import LETTERBOX_FILL, decode_rgb, letterbox_geometry
 if TYPE_CHECKING:
     import torch
 
-# Candidates per image that the device NMS considers, the highest-scoring: its IoU matrix is
-# this squared per image. The host decode takes up to 10,000; both keep at most 300 boxes.
+# Candidates per image that the device NMS considers, the highest-scoring: its suppression
+# matrix is this squared per image. The host decode takes up to 10,000; both keep at most 300 boxes.
 DEVICE_NMS_CANDIDATES = 1024
-# Suppression passes between two reads of whether `keep` has settled (see nms_batch).
+# Box and candidate counts are rounded up to a power of two from this, so that only a few sizes
+# occur: on a GPU each size is a CUDA graph, captured on first use.
+SMALLEST_NMS_SIZE = 64
+# Suppression passes between two reads of whether `keep` has settled (see BatchedNms).
 CONVERGENCE_PASSES = 4
 JPEG_MAGIC = b"\xff\xd8\xff"
 
@@ -82,15 +86,9 @@ def letterbox_batch(
     return batch.contiguous(memory_format=torch.channels_last) if channels_last else batch
 
 
-def nms_batch(
-    detections: torch.Tensor,
-    score_threshold: float = 0.25,
-    iou_threshold: float = 0.45,
-    max_boxes: int = 300,
-    candidates: int = DEVICE_NMS_CANDIDATES,
-) -> list[Boxes]:
-    """Rows [N, boxes, 5 + classes] -> per image boxes after class-aware NMS, as
-    detections.decode finds them, computed for the whole batch on the rows' device.
+class BatchedNms:
+    """Class-aware NMS of a whole batch on the rows' device: rows [N, boxes, 5 + classes] ->
+    per image the boxes that detections.decode finds.
 
     Greedy NMS keeps candidate j (in descending score) unless a kept, higher-scoring candidate
     of its class overlaps it. Instead of one candidate at a time, every image's whole
@@ -98,74 +96,204 @@ def nms_batch(
     settles at least the next candidate in order, and a pass past the fixed point changes
     nothing, so the result is exactly greedy NMS.
 
-    The host waits on the device to size the candidate set, for the results, and once every
-    CONVERGENCE_PASSES passes to read whether `keep` has settled, rather than every pass: each
-    read stalls the host until the device has caught up (two passes settled the synthetic
-    yolov3 batches checked).
+    The host waits on the device twice: once to size the candidate set, once for the results
+    (and whether CONVERGENCE_PASSES passes settled `keep`; two did on the synthetic yolov3
+    batches checked). With `cuda_graphs`, everything between is one CUDA graph per size, so a
+    batch costs a handful of launches, not the ~180 that took 4-5 ms of host time on an H200
+    (more than the kernels' 2-3 ms), time a pipeline's other threads wait for the interpreter.
     """
+
+    def __init__(
+        self,
+        score_threshold: float = 0.25,
+        iou_threshold: float = 0.45,
+        max_boxes: int = 300,
+        candidates: int = DEVICE_NMS_CANDIDATES,
+        cuda_graphs: bool = False,
+    ) -> None:
+        self.score_threshold = score_threshold
+        self.iou_threshold = iou_threshold
+        self.max_boxes = max_boxes
+        self.candidates = candidates
+        self.cuda_graphs = cuda_graphs
+        self._graphs: dict[tuple[Any, ...], tuple[Any, torch.Tensor, _Suppression]] = {}
+
+    def __call__(self, detections: torch.Tensor) -> list[Boxes]:
+        boxes_passing, candidates_passing = self._passing(detections)
+        if not candidates_passing:
+            empty = np.zeros((0, 4), dtype=np.float32)
+            return [Boxes(empty, empty[:, 0], np.zeros(0, dtype=np.int64)) for _ in range(len(detections))]
+        count, boxes, channels = detections.shape
+        box_count = min(_size_for(boxes_passing, self.candidates), boxes)
+        candidate_count = min(_size_for(candidates_passing, self.candidates), box_count * (channels - 5))
+        if self.cuda_graphs:
+            state = self._replay(detections, box_count, candidate_count)
+        else:
+            state = self._suppress(detections, box_count, candidate_count)
+        packed = state.packed.cpu().numpy()
+        if not state.settled.item():
+            keep = _settle(state.suppresses, state.valid, state.keep)
+            packed = _pack(state.xyxy, state.scores, state.classes, keep, self.max_boxes).cpu().numpy()
+        results = []
+        for image in packed:
+            kept = image[image[:, 6] > 0]
+            results.append(Boxes(kept[:, :4].copy(), kept[:, 4].copy(), kept[:, 5].astype(np.int64)))
+        return results
+
+    def _passing(self, detections: torch.Tensor) -> tuple[int, int]:
+        """The most boxes with a passing class, and the most passing candidates, in any image."""
+        import torch
+
+        # Scores are float32 products, as the host decode computes them (the multiplication
+        # promotes half-precision class scores itself, without a float32 copy of them).
+        passing = (detections[..., 4:5].float() * detections[..., 5:]) > self.score_threshold
+        per_box = passing.sum(dim=2)
+        sizes = torch.stack([(per_box > 0).sum(dim=1).max(), per_box.sum(dim=1).max()])
+        boxes_passing, candidates_passing = sizes.tolist()
+        return boxes_passing, candidates_passing
+
+    def _replay(self, detections: torch.Tensor, box_count: int, candidate_count: int) -> _Suppression:
+        """_suppress as a CUDA graph of this size, captured on first use, replayed on the current stream."""
+        import torch
+
+        key = (tuple(detections.shape), detections.dtype, box_count, candidate_count)
+        if key not in self._graphs:
+            static = detections.clone()
+            # Lazy initialization (cuBLAS handles, sort workspaces) must not happen in the capture.
+            self._suppress(static, box_count, candidate_count)
+            graph = torch.cuda.CUDAGraph()
+            # thread_local: the pipeline's other threads keep launching work during the capture.
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
+                state = self._suppress(static, box_count, candidate_count)
+            self._graphs[key] = (graph, static, state)
+        graph, static, state = self._graphs[key]
+        static.copy_(detections)
+        graph.replay()
+        return state
+
+    def _suppress(self, detections: torch.Tensor, box_count: int, candidate_count: int) -> _Suppression:
+        """NMS of `candidate_count` candidates of `box_count` boxes per image, with no host sync.
+
+        Only candidates over the threshold can be kept, and a trained detector has tens of them
+        per image among ~10^6 (box, class) pairs: narrow down to the best boxes, then to the
+        best candidates of those. A box's best score is its objectness times its highest class
+        probability, exactly the largest of its float32 products (rounding is monotone and the
+        factors are not negative). A top candidate's box ranks at least as high among boxes, so
+        `candidate_count` boxes hold the `candidate_count` best candidates. Sizes above the
+        passing counts only add candidates that fail the threshold.
+        """
+        import torch
+
+        count, _, channels = detections.shape
+        classes_count = channels - 5
+        box_scores = detections[..., 4].float() * detections[..., 5:].amax(dim=2).float()
+        # In ascending box order, as the host enumerates candidates (box, then class).
+        box_order = box_scores.topk(box_count, dim=1).indices.sort(dim=1).values
+        rows = detections.gather(1, box_order[..., None].expand(-1, -1, channels)).float()
+        box_xyxy = torch.cat([rows[..., :2] - rows[..., 2:4] / 2, rows[..., :2] + rows[..., 2:4] / 2], dim=2)
+        scores = (rows[..., 4:5] * rows[..., 5:]).reshape(count, -1)
+
+        top_index = scores.topk(candidate_count, dim=1).indices
+        # topk orders equal scores arbitrarily, and fp16 outputs tie often; the host takes them
+        # in candidate order: sort by candidate, then stably by score.
+        top_index = top_index.sort(dim=1).values
+        top_scores, by_score = scores.gather(1, top_index).sort(dim=1, descending=True, stable=True)
+        top_index = top_index.gather(1, by_score)
+        classes = top_index % classes_count
+        boxes = torch.div(top_index, classes_count, rounding_mode="floor")
+        valid = top_scores > self.score_threshold
+        # The IoU is taken between boxes, not candidates: a synthetic model's boxes pass for tens
+        # of classes each, and the IoU's arithmetic is most of what building the matrix costs.
+        overlapping = _overlapping(box_xyxy, self.iou_threshold)
+        overlapping = overlapping.gather(1, boxes[..., None].expand(-1, -1, box_count))
+        overlapping = overlapping.gather(2, boxes[:, None, :].expand(-1, candidate_count, -1))
+        # suppresses[b, i, j]: candidate i, if kept, removes the lower-scoring candidate j of its
+        # class. (Whether i is valid need not be asked: only valid candidates are ever kept.)
+        suppresses = overlapping & (classes[:, :, None] == classes[:, None, :])
+        suppresses = suppresses.triu_(diagonal=1).to(_counting_dtype(detections))
+        previous, keep = _passes(suppresses, valid, valid, CONVERGENCE_PASSES)
+        xyxy = box_xyxy.gather(1, boxes[..., None].expand(-1, -1, 4))
+        return _Suppression(
+            suppresses=suppresses,
+            valid=valid,
+            keep=keep,
+            settled=(previous == keep).all(),
+            xyxy=xyxy,
+            scores=top_scores,
+            classes=classes,
+            packed=_pack(xyxy, top_scores, classes, keep, self.max_boxes),
+        )
+
+
+@dataclass
+class _Suppression:
+    """Where BatchedNms._suppress leaves its work: the matrix and flags to go on from, if `keep`
+    has not settled, and the results packed for one copy to the host ([N, k, 7]: xyxy, score,
+    class, kept)."""
+
+    suppresses: torch.Tensor
+    valid: torch.Tensor
+    keep: torch.Tensor
+    settled: torch.Tensor
+    xyxy: torch.Tensor
+    scores: torch.Tensor
+    classes: torch.Tensor
+    packed: torch.Tensor
+
+
+def _counting_dtype(detections: torch.Tensor) -> torch.dtype:
+    """The suppression matrix's type: 0/1 counts, exact in fp16, which the GPU multiplies fastest."""
     import torch
 
-    count, _, channels = detections.shape
-    classes_count = channels - 5
-    # Scores are float32 products, as the host decode computes them. Only candidates over the
-    # threshold can be kept, and a trained detector has tens of them per image among ~10^6
-    # (box, class) pairs: narrow down to the boxes with a passing class, then to the candidates
-    # of those, sized for the image with the most. A top candidate's box ranks at least as high
-    # among boxes, so `candidates` boxes hold the `candidates` best candidates.
-    class_scores = detections[..., 4:5].float() * detections[..., 5:].float()
-    passing = class_scores > score_threshold
-    sizes = torch.stack([passing.any(dim=2).sum(dim=1).max(), passing.sum(dim=(1, 2)).max()])
-    boxes_passing, candidates_passing = sizes.tolist()
-    del passing
-    box_order = class_scores.amax(dim=2).topk(max(1, min(candidates, boxes_passing)), dim=1).indices
-    # In ascending box order, as the host enumerates candidates (box, then class).
-    box_order = box_order.sort(dim=1).values
-    xywh = detections[..., :4].gather(1, box_order[..., None].expand(-1, -1, 4)).float()
-    box_xyxy = torch.cat([xywh[..., :2] - xywh[..., 2:] / 2, xywh[..., :2] + xywh[..., 2:] / 2], dim=2)
-    scores = class_scores.gather(1, box_order[..., None].expand(-1, -1, classes_count)).reshape(count, -1)
-    del class_scores
+    return torch.float16 if detections.is_cuda else torch.float32
 
-    top_index = scores.topk(max(1, min(candidates, candidates_passing)), dim=1).indices
-    # topk orders equal scores arbitrarily, and fp16 outputs tie often; the host takes them in
-    # candidate order: sort by candidate, then stably by score.
-    top_index = top_index.sort(dim=1).values
-    top_scores, by_score = scores.gather(1, top_index).sort(dim=1, descending=True, stable=True)
-    top_index = top_index.gather(1, by_score)
-    classes = top_index % classes_count
-    xyxy = box_xyxy.gather(
-        1, torch.div(top_index, classes_count, rounding_mode="floor")[..., None].expand(-1, -1, 4)
-    )
-    valid = top_scores > score_threshold
-    # suppresses[b, i, j]: candidate i, if kept, removes the lower-scoring candidate j of its
-    # class. (Whether i is valid need not be asked: only valid candidates are ever kept.)
-    suppresses = (_iou(xyxy) > iou_threshold) & (classes[:, :, None] == classes[:, None, :])
-    # A pass is a matrix-vector product, which reads the matrix once, not an elementwise `&` and
-    # a reduction over it: in a profile on an H200 the `&` alone took 0.2 ms a pass over a
-    # 32 x 1,024 x 1,024 boolean matrix.
-    counting = torch.float16 if detections.is_cuda else torch.float32
-    suppresses = suppresses.triu_(diagonal=1).to(counting)
-    keep = valid
+
+def _passes(
+    suppresses: torch.Tensor, valid: torch.Tensor, keep: torch.Tensor, passes: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """`passes` suppression passes from `keep`: (keep before the last pass, keep after it).
+
+    A pass is a matrix-vector product, which reads the matrix once, not an elementwise `&` and a
+    reduction over it: in a profile on an H200 the `&` alone took 0.2 ms a pass over a
+    32 x 1,024 x 1,024 boolean matrix."""
+    import torch
+
+    previous = keep
+    for _ in range(passes):
+        suppressed = torch.bmm(keep.to(suppresses.dtype)[:, None, :], suppresses)[:, 0] > 0
+        previous, keep = keep, valid & ~suppressed
+    return previous, keep
+
+
+def _settle(suppresses: torch.Tensor, valid: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Passes from `keep` until it no longer changes (at most one per candidate)."""
+    import torch
+
     for _ in range(0, suppresses.shape[1], CONVERGENCE_PASSES):
-        for _ in range(CONVERGENCE_PASSES):
-            suppressed = torch.bmm(keep.to(counting)[:, None, :], suppresses)[:, 0] > 0
-            previous, keep = keep, valid & ~suppressed
+        previous, keep = _passes(suppresses, valid, keep, CONVERGENCE_PASSES)
         if torch.equal(previous, keep):
             break
-    keep &= keep.cumsum(dim=1) <= max_boxes
-
-    # One copy to the host for the whole batch: boxes, score, class and the keep flag.
-    packed = torch.cat([xyxy, top_scores[..., None], classes[..., None].float(), keep[..., None].float()], 2)
-    packed = packed.cpu().numpy()
-    results = []
-    for image in packed:
-        kept = image[image[:, 6] > 0]
-        results.append(Boxes(kept[:, :4].copy(), kept[:, 4].copy(), kept[:, 5].astype(np.int64)))
-    return results
+    return keep
 
 
-def _iou(xyxy: torch.Tensor) -> torch.Tensor:
-    """Boxes [N, k, 4] -> their pairwise IoU [N, k, k], one [N, k, k] temporary per step
-    (not [N, k, k, 2]): the matrix is the largest thing NMS computes."""
+def _pack(
+    xyxy: torch.Tensor, scores: torch.Tensor, classes: torch.Tensor, keep: torch.Tensor, max_boxes: int
+) -> torch.Tensor:
+    """[N, k, 7]: boxes, score, class and whether kept, the first `max_boxes` kept in score order."""
+    import torch
+
+    keep = keep & (keep.cumsum(dim=1) <= max_boxes)
+    return torch.cat([xyxy, scores[..., None], classes[..., None].float(), keep[..., None].float()], 2)
+
+
+def _size_for(count: int, limit: int) -> int:
+    """`count` rounded up to a power of two, at least SMALLEST_NMS_SIZE, at most `limit`."""
+    return min(limit, max(SMALLEST_NMS_SIZE, 1 << (count - 1).bit_length()))
+
+
+def _overlapping(xyxy: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+    """Boxes [N, k, 4] -> whether each pair's IoU exceeds the threshold [N, k, k], with one
+    [N, k, k] temporary per step (not [N, k, k, 2]): the matrix is the largest thing NMS computes."""
     import torch
 
     x1, y1, x2, y2 = (xyxy[..., axis] for axis in range(4))
@@ -179,5 +307,6 @@ def _iou(xyxy: torch.Tensor) -> torch.Tensor:
     area = (x2 - x1).clamp(min=0) * (y2 - y1).clamp(min=0)
     union = (area[:, :, None] + area[:, None, :]).sub_(intersection)
     # The IoU itself, not intersection > threshold x union: the host decode divides, and the two
-    # must round alike at the threshold.
-    return torch.where(union > 0, intersection / union.clamp(min=1e-12), 0)
+    # must round alike at the threshold. The union is never negative, and where it is zero so is
+    # the intersection: 0/0 is NaN, which exceeds no threshold, as the host's IoU of 0 does not.
+    return intersection.div_(union) > iou_threshold
