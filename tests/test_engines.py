@@ -7,7 +7,7 @@ import pytest
 from tests.conftest import MODELS, real_photo_batch
 from tests.reference import TOLERANCE, onnx_detections
 from yoloforge.backends import BuildRequest, get_backend, read_sidecar
-from yoloforge.backends.base import sidecar_path
+from yoloforge.backends.base import CHECK_IMAGES, sidecar_path
 from yoloforge.darknet.convert import convert
 from yoloforge.device import fingerprint_id
 from yoloforge.errors import YoloforgeError
@@ -87,7 +87,7 @@ def test_precisions_report_their_agreement(
     )
     check = get_backend(engine).build(request)["check"]
     print(f"{engine} {precision}: {check}")
-    assert check["non_finite_values"] == 0 and check["images"] == 4
+    assert check["non_finite_values"] == 0 and check["images"] == CHECK_IMAGES
     if precision == "fp32":
         assert check["max_abs_error_boxes"] < TOLERANCE and check["max_abs_error_scores"] < TOLERANCE
     assert 0 <= check["recall"] <= 1 and 0 <= check["precision"] <= 1

@@ -187,7 +187,9 @@ class Backend(ABC):
         return self._load(engine, sidecar)
 
 
-CHECK_IMAGES = 4
+# Images of the build's output check: a check that the engine works, not its accuracy (the
+# accuracy job scores that); each costs a run of the engine and of ONNX Runtime FP32 at the build.
+CHECK_IMAGES = 2
 
 
 def calibration_batches(request: BuildRequest, batch: int = 1) -> list[np.ndarray]:
