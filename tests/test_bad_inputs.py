@@ -100,9 +100,10 @@ def test_onnx_edited_after_the_build(engine, every_layer_onnx, images, tmp_path)
     assert not output.exists()
 
 
+# Named to sort first: the build's output check reads only the first CHECK_IMAGES images.
 @pytest.mark.parametrize(
     ("name", "content"),
-    [("notes.png", b"these are not pixels\n"), ("cut.jpg", None), ("empty.jpg", b"")],
+    [("0-notes.png", b"these are not pixels\n"), ("0-cut.jpg", None), ("0-empty.jpg", b"")],
 )
 def test_image_that_is_not_an_image(every_layer_onnx, images, tmp_path, name, content):
     folder = tmp_path / "images"
