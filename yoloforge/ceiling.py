@@ -21,8 +21,9 @@ CUDA_SHAPE = (64, 512, 52)
 CPU_SHAPE = (1, 256, 52)
 # The convolution runs for WARMUP_SECONDS, then is timed for SECONDS in windows of WINDOW_CALLS
 # back-to-back calls; the ceiling is the median window. Sustained, as the engines are timed: on an
-# H200, 20 calls after 3 gave 700-775 TFLOP/s (fp16) from one process to the next, while clocks
-# still settled; a second of warm-up, then two of windows, gave 665-668 in three processes.
+# H200, 20 calls after 3 gave 700-775 TFLOP/s (fp16) from one process to the next (most likely
+# clocks not yet settled under load; they were not read); a second of warm-up, then two of
+# windows, gave 665-668 in three processes.
 WARMUP_SECONDS = {"cuda": 1.0, "cpu": 0.2}
 SECONDS = {"cuda": 2.0, "cpu": 0.6}
 WINDOW_CALLS = {"cuda": 10, "cpu": 1}
