@@ -179,13 +179,13 @@ def test_the_spread_covers_every_round(encoded_images):
     records, latencies = _rounds(load, batches, encoded_images, 1, TimingBudget(0, 0.9, 3, rounds=3))
     assert load.loads == 3
     for record in records:
-        # End to end, every stage but inference adds about the same time in every round.
-        offset = 0 if record["scope"] == "model" else record["round_medians_ms"][0] - 10
-        rounds = np.array(record["round_medians_ms"]) - offset
-        np.testing.assert_allclose(rounds, [10, 12, 14], rtol=0.1)
+        rows = latencies[latencies["scope"] == record["scope"]]
+        # End to end, the drift is in the inference stage; the others decode and letterbox real
+        # images on the host, whose time varies by a millisecond or more from round to round.
+        column = "latency_ms" if record["scope"] == "model" else "stage_inference_ms"
+        np.testing.assert_allclose(rows.groupby("round")[column].median(), [10, 12, 14], rtol=0.1)
         assert record["p10_ms"] < min(record["round_medians_ms"])
         assert record["p90_ms"] > max(record["round_medians_ms"])
-        rows = latencies[latencies["scope"] == record["scope"]]
         medians = rows.groupby("round")["latency_ms"].median()
         np.testing.assert_allclose(medians, record["round_medians_ms"])
 
