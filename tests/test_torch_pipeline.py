@@ -79,7 +79,7 @@ def test_batched_nms_in_cuda_graphs_keeps_what_it_keeps_without_them():
     rng = np.random.default_rng(5)
     batches = [np.stack([_clustered_detections(rng, 2000, 20) for _ in range(4)]) for _ in range(3)]
     graphs, eager = BatchedNms(cuda_graphs=True), BatchedNms()
-    # The third batch replays the graph the first captured, if their sizes round alike.
+    # The last batch is the first again: it replays the graph that one captured.
     for batch in [*batches, batches[0]]:
         rows = torch.from_numpy(batch).cuda().half()
         for found, expected in zip(graphs(rows), eager(rows), strict=True):
