@@ -15,6 +15,7 @@ from yoloforge.backends.torch_pipeline import (  # noqa: E402
     BatchedNms,
     decode_images,
     letterbox_batch,
+    suppression_matrix,
 )
 
 
@@ -29,8 +30,13 @@ def _clustered_detections(rng: np.random.Generator, boxes: int, classes: int) ->
     return rows
 
 
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize(("max_boxes", "dtype"), [(300, np.float32), (5, np.float32), (300, np.float16)])
-def test_batched_nms_keeps_exactly_what_the_host_decode_keeps(max_boxes, dtype):
+def test_batched_nms_keeps_exactly_what_the_host_decode_keeps(max_boxes, dtype, device):
     rng = np.random.default_rng(3)
     batch = np.stack([_clustered_detections(rng, 400, 6) for _ in range(3)]).astype(dtype)
     # A fourth image with nothing over the threshold.
@@ -42,7 +48,7 @@ def test_batched_nms_keeps_exactly_what_the_host_decode_keeps(max_boxes, dtype):
         scores = batch[..., 4:5].astype(np.float32) * batch[..., 5:].astype(np.float32)
         passing = scores[scores > 0.25]
         assert np.unique(passing).size < passing.size
-    device_boxes = BatchedNms(max_boxes=max_boxes)(torch.from_numpy(batch))
+    device_boxes = BatchedNms(max_boxes=max_boxes)(torch.from_numpy(batch).to(device))
     batch = batch.astype(np.float32)
     kept = 0
     for rows, found in zip(batch, device_boxes, strict=True):
@@ -74,7 +80,7 @@ def test_batched_nms_follows_a_suppression_chain_longer_than_one_round_of_passes
     np.testing.assert_allclose(found.xyxy, expected.xyxy, atol=1e-6)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@CUDA
 def test_batched_nms_in_cuda_graphs_keeps_what_it_keeps_without_them():
     rng = np.random.default_rng(5)
     batches = [np.stack([_clustered_detections(rng, 2000, 20) for _ in range(4)]) for _ in range(3)]
@@ -86,6 +92,27 @@ def test_batched_nms_in_cuda_graphs_keeps_what_it_keeps_without_them():
             np.testing.assert_array_equal(found.classes, expected.classes)
             np.testing.assert_array_equal(found.xyxy, expected.xyxy)
     assert graphs._graphs
+
+
+@CUDA
+def test_fused_suppression_matrix_is_the_tensor_one_bit_for_bit():
+    pytest.importorskip("triton")
+    from yoloforge.backends.torch_triton import suppression_matrix as fused
+
+    rng = np.random.default_rng(11)
+    rows = np.stack([_clustered_detections(rng, 600, 4) for _ in range(3)])
+    rows[0, :20, 2:4] = 0  # boxes of no area: 0/0 IoUs
+    rows[1, 1] = rows[1, 0]  # a box twice
+    xy, wh = torch.from_numpy(rows[..., :2]).cuda(), torch.from_numpy(rows[..., 2:4]).cuda()
+    box_xyxy = torch.cat([xy - wh / 2, xy + wh / 2], dim=2)
+    # Candidates not a multiple of the kernel's block, many boxes for several classes each.
+    boxes = torch.from_numpy(rng.integers(0, 600, (3, 700))).cuda()
+    classes = torch.from_numpy(rng.integers(0, 4, (3, 700))).cuda()
+    for threshold in (0.45, 0.5, 0.0):
+        expected = suppression_matrix(box_xyxy, boxes, classes, threshold)
+        found = fused(box_xyxy.gather(1, boxes[..., None].expand(-1, -1, 4)), classes, threshold)
+        assert 0 < int(expected.sum()) < expected.numel()
+        assert torch.equal(found, expected)
 
 
 def test_device_letterbox_matches_the_host_letterbox():

@@ -56,10 +56,10 @@ class _TorchRunner(Runner):
         self._pool = ThreadPoolExecutor(cpu_threads())
         cuda = self.device.type == "cuda"
         # Decoding and letterboxing the next batch run on a stream of their own, beside the
-        # current batch's inference; NMS of the previous batch on one of high priority, so that
-        # its few small kernels are not queued behind a whole batch's convolutions while the host
-        # waits for its results.
-        self._preprocess_stream = torch.cuda.Stream(self.device) if cuda else None
+        # current batch's inference, and NMS of the previous batch on another; both of high
+        # priority, so that their small kernels are not queued behind a whole batch's
+        # convolutions while a host thread waits on them.
+        self._preprocess_stream = torch.cuda.Stream(self.device, priority=-1) if cuda else None
         self._postprocess_stream = torch.cuda.Stream(self.device, priority=-1) if cuda else None
         self._nms = BatchedNms(cuda_graphs=cuda)
 
@@ -217,6 +217,9 @@ def _configure(flags: dict[str, Any]) -> None:
     # An AOTInductor package loaded before the process has a CUDA context crashes (seen with
     # torch 2.11): create the context first.
     torch.zeros(1, device="cuda")
+    # An engine's shapes are fixed, so cuDNN may time its algorithms for each convolution on the
+    # first call (the warm-up) rather than pick them by heuristics.
+    torch.backends.cudnn.benchmark = True
     if flags.get("tf32") is False:
         # The legacy switches, not the fp32_precision API: Inductor's conv templates read these,
         # and PyTorch refuses to read them once the two APIs have been mixed.

@@ -9,7 +9,8 @@ detections.decode).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -72,16 +73,21 @@ def letterbox_batch(
         by_size.setdefault(size, []).append(index)
     for (source_h, source_w), indices in by_size.items():
         if isinstance(images[indices[0]], np.ndarray):
-            host = np.stack([images[index] for index in indices])
-            group = torch.from_numpy(host).to(device).permute(0, 3, 1, 2)
+            group = torch.from_numpy(np.stack([images[index] for index in indices]))
+            if device.type == "cuda":
+                group = group.pin_memory()
+            group = group.to(device, non_blocking=True).permute(0, 3, 1, 2)
         else:
             group = torch.stack([images[index] for index in indices])
         new_w, new_h, left, top = letterbox_geometry(source_w, source_h, width, height)
         resized = F.interpolate(
             group.float(), size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False
         )
-        where = torch.tensor(indices, device=device)
-        batch[where, :, top : top + new_h, left : left + new_w] = resized.round_().clamp_(0, 255).div_(255)
+        resized = resized.round_().clamp_(0, 255).div_(255)
+        # One copy per image, not an index tensor: making one from host memory waits on the
+        # device, and behind a batch's convolutions that wait is what stretched a GPU pipeline.
+        for position, index in enumerate(indices):
+            batch[index, :, top : top + new_h, left : left + new_w] = resized[position]
     batch = batch.to(dtype)
     return batch.contiguous(memory_format=torch.channels_last) if channels_last else batch
 
@@ -96,11 +102,14 @@ class BatchedNms:
     settles at least the next candidate in order, and a pass past the fixed point changes
     nothing, so the result is exactly greedy NMS.
 
-    The host waits on the device twice: once to size the candidate set, once for the results
-    (and whether CONVERGENCE_PASSES passes settled `keep`; two did on the synthetic yolov3
-    batches checked). With `cuda_graphs`, everything between is one CUDA graph per size, so a
-    batch costs a handful of launches instead of ~180: on an H200 (yolov3 416, batch 32) a call
-    took 3.9-4.4 ms that way against 4.4-5.4 ms, over 2.2-2.6 ms of kernels.
+    Two stages: the best boxes and the counts that size the candidate set (_top_boxes), then
+    the suppression (_suppress). The host waits on the device after each: for the counts, then
+    for the results (and whether CONVERGENCE_PASSES passes settled `keep`; two did on the
+    synthetic yolov3 batches checked). With `cuda_graphs`, each stage is a CUDA graph per size, a
+    few launches instead of ~180. On a GPU with Triton the suppression matrix is one kernel
+    (torch_triton). On an H200 (yolov3 416, batch 32) a batch's NMS ran 0.83 ms of kernels,
+    against 1.75 ms with the matrix built from tensors and the counts taken over every (box,
+    class) pair.
     """
 
     def __init__(
@@ -116,20 +125,21 @@ class BatchedNms:
         self.max_boxes = max_boxes
         self.candidates = candidates
         self.cuda_graphs = cuda_graphs
-        self._graphs: dict[tuple[Any, ...], tuple[Any, torch.Tensor, _Suppression]] = {}
+        self._graphs: dict[tuple[Any, ...], tuple[Any, torch.Tensor | None, Any]] = {}
 
     def __call__(self, detections: torch.Tensor) -> list[Boxes]:
-        boxes_passing, candidates_passing = self._passing(detections)
+        shape = (tuple(detections.shape), detections.dtype)
+        top = self._staged(shape, self._top_boxes, detections)
+        boxes_passing, candidates_passing = top.counts.tolist()
         if not candidates_passing:
             empty = np.zeros((0, 4), dtype=np.float32)
             return [Boxes(empty, empty[:, 0], np.zeros(0, dtype=np.int64)) for _ in range(len(detections))]
-        count, boxes, channels = detections.shape
-        box_count = min(_size_for(boxes_passing, self.candidates), boxes)
-        candidate_count = min(_size_for(candidates_passing, self.candidates), box_count * (channels - 5))
-        if self.cuda_graphs:
-            state = self._replay(detections, box_count, candidate_count)
-        else:
-            state = self._suppress(detections, box_count, candidate_count)
+        box_count = _size_for(boxes_passing, top.indices.shape[1])
+        classes_count = detections.shape[2] - 5
+        candidate_count = min(_size_for(candidates_passing, self.candidates), box_count * classes_count)
+        state = self._staged(
+            (*shape, box_count, candidate_count), lambda _: self._suppress(top, box_count, candidate_count)
+        )
         packed = state.packed.cpu().numpy()
         if not state.settled.item():
             keep = _settle(state.suppresses, state.valid, state.keep)
@@ -140,56 +150,63 @@ class BatchedNms:
             results.append(Boxes(kept[:, :4].copy(), kept[:, 4].copy(), kept[:, 5].astype(np.int64)))
         return results
 
-    def _passing(self, detections: torch.Tensor) -> tuple[int, int]:
-        """The most boxes with a passing class, and the most passing candidates, in any image."""
+    def _staged(self, key: tuple[Any, ...], stage: Callable[[Any], Any], source: Any = None) -> Any:
+        """stage(source), or with cuda_graphs a CUDA graph of it for this key, captured on first
+        use and replayed on the current stream. The graph reads its own copy of `source`; a
+        stage without one reads the previous stage's graph outputs, which stay in place."""
         import torch
 
-        # Scores are float32 products, as the host decode computes them (the multiplication
-        # promotes half-precision class scores itself, without a float32 copy of them).
-        passing = (detections[..., 4:5].float() * detections[..., 5:]) > self.score_threshold
-        per_box = passing.sum(dim=2)
-        sizes = torch.stack([(per_box > 0).sum(dim=1).max(), per_box.sum(dim=1).max()])
-        boxes_passing, candidates_passing = sizes.tolist()
-        return boxes_passing, candidates_passing
-
-    def _replay(self, detections: torch.Tensor, box_count: int, candidate_count: int) -> _Suppression:
-        """_suppress as a CUDA graph of this size, captured on first use, replayed on the current stream."""
-        import torch
-
-        key = (tuple(detections.shape), detections.dtype, box_count, candidate_count)
+        if not self.cuda_graphs:
+            return stage(source)
         if key not in self._graphs:
-            static = detections.clone()
+            static = None if source is None else source.clone()
             # Lazy initialization (cuBLAS handles, sort workspaces) must not happen in the capture.
-            self._suppress(static, box_count, candidate_count)
+            stage(static)
             graph = torch.cuda.CUDAGraph()
             # thread_local: the pipeline's other threads keep launching work during the capture.
             with torch.cuda.graph(graph, capture_error_mode="thread_local"):
-                state = self._suppress(static, box_count, candidate_count)
-            self._graphs[key] = (graph, static, state)
-        graph, static, state = self._graphs[key]
-        static.copy_(detections)
+                output = stage(static)
+            self._graphs[key] = (graph, static, output)
+        graph, static, output = self._graphs[key]
+        if static is not None:
+            static.copy_(source)
         graph.replay()
-        return state
+        return output
 
-    def _suppress(self, detections: torch.Tensor, box_count: int, candidate_count: int) -> _Suppression:
-        """NMS of `candidate_count` candidates of `box_count` boxes per image, with no host sync.
+    def _top_boxes(self, detections: torch.Tensor) -> _TopBoxes:
+        """Each image's `candidates` best boxes, and the counts that size the suppression.
 
-        Only candidates over the threshold can be kept, and a trained detector has tens of them
-        per image among ~10^6 (box, class) pairs: narrow down to the best boxes, then to the
-        best candidates of those. A box's best score is its objectness times its highest class
-        probability, exactly the largest of its float32 products (rounding is monotone and the
-        factors are not negative). A top candidate's box ranks at least as high among boxes, so
-        `candidate_count` boxes hold the `candidate_count` best candidates. Sizes above the
-        passing counts only add candidates that fail the threshold.
+        A box's best score is its objectness times its highest class probability, exactly the
+        largest of its float32 candidate scores, as the host decode computes them (rounding is
+        monotone and the factors are not negative). So the boxes with a passing candidate are
+        the best-scoring ones, and the best boxes hold every passing candidate, which are
+        counted on their rows only, not on all ~10^6 (box, class) pairs.
         """
         import torch
 
-        count, _, channels = detections.shape
-        classes_count = channels - 5
+        channels = detections.shape[2]
         box_scores = detections[..., 4].float() * detections[..., 5:].amax(dim=2).float()
+        indices = box_scores.topk(min(self.candidates, detections.shape[1]), dim=1).indices
+        rows = detections.gather(1, indices[..., None].expand(-1, -1, channels)).float()
+        passing = (rows[..., 4:5] * rows[..., 5:]) > self.score_threshold
+        counts = torch.stack(
+            [(box_scores > self.score_threshold).sum(dim=1).max(), passing.sum(dim=(1, 2)).max()]
+        )
+        return _TopBoxes(indices=indices, rows=rows, counts=counts)
+
+    def _suppress(self, top: _TopBoxes, box_count: int, candidate_count: int) -> _Suppression:
+        """NMS of `candidate_count` candidates of the `box_count` best boxes per image, with no
+        host sync. A top candidate's box ranks at least as high among boxes, so `candidate_count`
+        boxes hold the `candidate_count` best candidates. Sizes above the passing counts only
+        add candidates that fail the threshold.
+        """
+        import torch
+
+        count, _, channels = top.rows.shape
+        classes_count = channels - 5
         # In ascending box order, as the host enumerates candidates (box, then class).
-        box_order = box_scores.topk(box_count, dim=1).indices.sort(dim=1).values
-        rows = detections.gather(1, box_order[..., None].expand(-1, -1, channels)).float()
+        order = top.indices[:, :box_count].sort(dim=1).indices
+        rows = top.rows.gather(1, order[..., None].expand(-1, -1, channels))
         box_xyxy = torch.cat([rows[..., :2] - rows[..., 2:4] / 2, rows[..., :2] + rows[..., 2:4] / 2], dim=2)
         scores = (rows[..., 4:5] * rows[..., 5:]).reshape(count, -1)
 
@@ -202,17 +219,13 @@ class BatchedNms:
         classes = top_index % classes_count
         boxes = torch.div(top_index, classes_count, rounding_mode="floor")
         valid = top_scores > self.score_threshold
-        # The IoU is taken between boxes, not candidates: a synthetic model's boxes pass for tens
-        # of classes each, and the IoU's arithmetic is most of what building the matrix costs.
-        overlapping = _overlapping(box_xyxy, self.iou_threshold)
-        overlapping = overlapping.gather(1, boxes[..., None].expand(-1, -1, box_count))
-        overlapping = overlapping.gather(2, boxes[:, None, :].expand(-1, candidate_count, -1))
-        # suppresses[b, i, j]: candidate i, if kept, removes the lower-scoring candidate j of its
-        # class. (Whether i is valid need not be asked: only valid candidates are ever kept.)
-        suppresses = overlapping & (classes[:, :, None] == classes[:, None, :])
-        suppresses = suppresses.triu_(diagonal=1).to(_counting_dtype(detections))
-        previous, keep = _passes(suppresses, valid, valid, CONVERGENCE_PASSES)
         xyxy = box_xyxy.gather(1, boxes[..., None].expand(-1, -1, 4))
+        fused = _fused_matrix() if rows.is_cuda else None
+        if fused is not None:
+            suppresses = fused(xyxy, classes, self.iou_threshold)
+        else:
+            suppresses = suppression_matrix(box_xyxy, boxes, classes, self.iou_threshold)
+        previous, keep = _passes(suppresses, valid, valid, CONVERGENCE_PASSES)
         return _Suppression(
             suppresses=suppresses,
             valid=valid,
@@ -223,6 +236,17 @@ class BatchedNms:
             classes=classes,
             packed=_pack(xyxy, top_scores, classes, keep, self.max_boxes),
         )
+
+
+@dataclass
+class _TopBoxes:
+    """BatchedNms's first stage: box indices in descending box score [N, K], their rows as
+    float32 [N, K, channels], and the most boxes with a passing class and the most passing
+    candidates in any image [2]."""
+
+    indices: torch.Tensor
+    rows: torch.Tensor
+    counts: torch.Tensor
 
 
 @dataclass
@@ -241,11 +265,34 @@ class _Suppression:
     packed: torch.Tensor
 
 
-def _counting_dtype(detections: torch.Tensor) -> torch.dtype:
-    """The suppression matrix's type: 0/1 counts, exact in fp16, which the GPU multiplies fastest."""
+def suppression_matrix(
+    box_xyxy: torch.Tensor, boxes: torch.Tensor, classes: torch.Tensor, iou_threshold: float
+) -> torch.Tensor:
+    """Boxes [N, b, 4], and each candidate's box index [N, k] and class [N, k] -> [N, k, k]:
+    1 where candidate i, if kept, removes the lower-scoring candidate j of its class (whether i
+    is valid need not be asked: only valid candidates are ever kept). Float16 on a GPU (0/1
+    counts are exact in it, and it multiplies fastest there), else float32.
+
+    The IoU is taken between boxes, then gathered for the candidates: a synthetic model's boxes
+    pass for tens of classes each, and the IoU's arithmetic is most of what this costs."""
     import torch
 
-    return torch.float16 if detections.is_cuda else torch.float32
+    box_count, candidate_count = box_xyxy.shape[1], boxes.shape[1]
+    overlapping = _overlapping(box_xyxy, iou_threshold)
+    overlapping = overlapping.gather(1, boxes[..., None].expand(-1, -1, box_count))
+    overlapping = overlapping.gather(2, boxes[:, None, :].expand(-1, candidate_count, -1))
+    suppresses = (overlapping & (classes[:, :, None] == classes[:, None, :])).triu_(diagonal=1)
+    return suppresses.to(torch.float16 if box_xyxy.is_cuda else torch.float32)
+
+
+@functools.cache
+def _fused_matrix() -> Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor] | None:
+    """torch_triton.suppression_matrix, where Triton imports."""
+    try:
+        from yoloforge.backends.torch_triton import suppression_matrix as fused
+    except ImportError:
+        return None
+    return fused
 
 
 def _passes(
