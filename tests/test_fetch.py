@@ -9,6 +9,7 @@ import sys
 import tarfile
 import time
 import zipfile
+from pathlib import Path
 
 import pytest
 
@@ -148,6 +149,25 @@ def test_synthetic_fallback_and_strict_mode(server, tmp_path):
     assert not (tmp_path / "strict.bin").exists()
 
 
+def test_a_verified_file_is_kept_for_a_machine_that_reaches_no_source(server, tmp_path):
+    cache = tmp_path / "cache"
+    first = fetch([f"{server.url}/w.bin"], tmp_path / "first" / "w.bin", SHA, cache)
+    # Another run, where the source is gone (no network) and synthetic weights are the fallback.
+    del server.files["/w.bin"]
+    sources = [f"{server.url}/w.bin", "synthetic"]
+    output = tmp_path / "second" / "w.bin"
+    record = fetch(sources, output, SHA, cache, synthesize=lambda path: pytest.fail("synthesized"))
+    assert output.read_bytes() == PAYLOAD
+    assert record["origin"] == first["origin"] == f"{server.url}/w.bin"
+    assert record["kept_copy"].startswith(str(cache))
+    assert read_provenance(output) == record
+    # A kept copy that no longer matches is not used.
+    kept = Path(record["kept_copy"])
+    kept.write_bytes(b"damaged")
+    with pytest.raises(YoloforgeError, match="every source failed: .*HTTP 404"):
+        fetch([f"{server.url}/w.bin"], tmp_path / "third" / "w.bin", SHA, cache)
+
+
 def test_zip_member_of_a_local_archive(tmp_path):
     archive = tmp_path / "bundle.zip"
     with zipfile.ZipFile(archive, "w") as bundle:
@@ -180,4 +200,4 @@ def test_killed_download_resumes_on_rerun(server, tmp_path):
     assert result.returncode == 0, result.stderr
     assert output.read_bytes() == payload
     assert server.requests[-1] == ("/big.bin", f"bytes={kept}-")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.bin", "big.bin.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.bin", "big.bin.json", "cache"]

@@ -26,7 +26,7 @@ from typing import IO
 
 from yoloforge.errors import YoloforgeError
 from yoloforge.files import atomic_output, sha256_file
-from yoloforge.provenance import write_provenance
+from yoloforge.provenance import read_provenance, write_provenance
 
 log = logging.getLogger(__name__)
 
@@ -228,6 +228,9 @@ def fetch(
     """
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
+    kept = _verified_copy(Path(cache_dir), sha256)
+    if kept is not None:
+        return _take_verified_copy(kept, output)
     failures: list[str] = []
     for source in sources:
         if source == "synthetic":
@@ -262,5 +265,46 @@ def fetch(
             "failed_sources": failures,
         }
         write_provenance(output, **record)
+        if sha256:
+            _keep_verified_copy(output, record, Path(cache_dir))
         return record
     raise YoloforgeError(f"every source failed: {'; '.join(failures) or 'no sources given'}", output)
+
+
+# Files fetched with a declared sha256 are also kept in the cache directory under it: a workflow
+# removes a job's output before running the job again (because its cfg was fetched anew, say),
+# and a machine that reaches none of the sources then still gets the real file, not the
+# synthetic fallback.
+def _verified_path(cache_dir: Path, sha256: str) -> Path:
+    return cache_dir / "sha256" / sha256.lower()
+
+
+def _verified_copy(cache_dir: Path, sha256: str | None) -> Path | None:
+    """The kept copy of the file with this sha256, if there is one and it still matches."""
+    if not sha256:
+        return None
+    kept = _verified_path(cache_dir, sha256)
+    if not kept.is_file():
+        return None
+    if sha256_file(kept) != sha256.lower():
+        log.warning("%s: kept copy no longer matches its sha256, ignored", kept)
+        return None
+    return kept
+
+
+def _keep_verified_copy(output: Path, record: dict, cache_dir: Path) -> None:
+    kept = _verified_path(cache_dir, record["sha256"])
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_output(kept) as tmp:
+        shutil.copyfile(output, tmp)
+    write_provenance(kept, **record)
+
+
+def _take_verified_copy(kept: Path, output: Path) -> dict:
+    """Copy the kept file to `output`, with the provenance of the fetch that first verified it."""
+    with atomic_output(output) as tmp:
+        shutil.copyfile(kept, tmp)
+    record = {**read_provenance(kept), "kept_copy": os.path.abspath(kept)}
+    write_provenance(output, **record)
+    log.info("%s: the copy kept at %s (first fetched from %s)", output, kept, record.get("origin"))
+    return record
