@@ -117,10 +117,12 @@ def test_end_to_end_covers_every_stage(encoded_images):
     assert all(np.all(times[stage] > 0) for stage in STAGES)
 
 
+# Minima, not medians: a loaded machine (CI's two cores, say) only ever adds time, and in one CI
+# run it doubled the median of a stage that sleeps 30 ms.
 @pytest.fixture(scope="module")
 def undelayed(encoded_images) -> dict[str, float]:
     times = measure_end_to_end(SleepingRunner(0.005), encoded_images, 64, 48, 2, TimingBudget(0, 0.3, 5))
-    return {name: float(np.median(values)) for name, values in times.items()}
+    return {name: float(np.min(values)) for name, values in times.items()}
 
 
 @pytest.mark.parametrize("stage", STAGES)
@@ -128,11 +130,11 @@ def test_a_delay_in_one_stage_shows_in_that_stage_and_the_total(stage, encoded_i
     delay_ms = 30
     runner = DelayedStage(0.005, stage, delay_ms / 1000)
     times = measure_end_to_end(runner, encoded_images, 64, 48, 2, TimingBudget(0, 0.3, 5))
-    medians = {name: float(np.median(values)) for name, values in times.items()}
-    assert medians[stage] - undelayed[stage] == pytest.approx(delay_ms, abs=0.15 * delay_ms)
-    assert medians["total"] - undelayed["total"] == pytest.approx(delay_ms, abs=0.25 * delay_ms)
+    minima = {name: float(np.min(values)) for name, values in times.items()}
+    assert minima[stage] - undelayed[stage] == pytest.approx(delay_ms, abs=0.15 * delay_ms)
+    assert minima["total"] - undelayed["total"] == pytest.approx(delay_ms, abs=0.25 * delay_ms)
     for other in set(STAGES) - {stage}:
-        assert medians[other] < delay_ms / 2
+        assert minima[other] < delay_ms / 2
 
 
 def _rounds(load, batches, encoded, batch, budget):
