@@ -179,8 +179,9 @@ class BatchedNms:
         A box's best score is its objectness times its highest class probability, exactly the
         largest of its float32 candidate scores, as the host decode computes them (rounding is
         monotone and the factors are not negative). So the boxes with a passing candidate are
-        the best-scoring ones, and the best boxes hold every passing candidate, which are
-        counted on their rows only, not on all ~10^6 (box, class) pairs.
+        the best-scoring ones, and while no more of them pass than `candidates`, the best boxes
+        hold every passing candidate: they are counted on those rows only, not on all ~10^6
+        (box, class) pairs. (Where more pass, both counts reach `candidates` anyway.)
         """
         import torch
 
