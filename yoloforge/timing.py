@@ -43,7 +43,7 @@ PIPELINE_DEPTH = 2
 # Batches whose images the pipeline decodes in one call. On a GPU a call of nvJPEG's batched
 # decoder waits for the work already queued on the device: on an H200 one batch's decode took
 # 7.7-8.0 ms inside the pipeline against 2.6 ms alone, and the model stood idle meanwhile (yolov3
-# 416, batch 32: 10.6 ms a batch, 7.1 ms with the decoded images reused; 8.6 ms with four
+# 416, batch 32: 10.6 ms a batch, 7.1 ms with the decoded images reused; 8.3-8.5 ms with four
 # batches a call). Fewer, larger calls wait less often.
 DECODE_GROUP = 4
 

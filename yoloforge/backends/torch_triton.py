@@ -58,7 +58,7 @@ def suppression_matrix(xyxy: torch.Tensor, classes: torch.Tensor, iou_threshold:
 
     count, candidates = classes.shape
     xyxy = xyxy.contiguous()
-    # Areas are products: computed here, not in the kernel, where adding them could fuse.
+    # Once per candidate here, not once per pair in the kernel.
     areas = (xyxy[..., 2] - xyxy[..., 0]).clamp(min=0) * (xyxy[..., 3] - xyxy[..., 1]).clamp(min=0)
     areas = areas.contiguous()
     output = torch.empty((count, candidates, candidates), device=xyxy.device, dtype=torch.float16)
