@@ -41,6 +41,37 @@ ACCURACY_KEYS = {
 }
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Longest first: whole workflow runs on full-size models, other workflow runs, other
+    full-size models, then the rest. The README's test command runs the tests on every core
+    (pytest-xdist), so the default config's run, most of a 2-core CPU's session, starts at once
+    beside everything else instead of ending the session alone."""
+
+    def weight(item: pytest.Item) -> tuple[bool, bool, bool]:
+        workflow = item.get_closest_marker("workflow") is not None
+        slow = item.get_closest_marker("slow") is not None
+        return (not (workflow and slow), not workflow, not slow)
+
+    items.sort(key=weight)
+
+
+# Tests that time sleeps need a machine no other test loads: beside the default config's run on a
+# 2-core CPU, a 20 ms sleep took 24 ms. They run on that run's worker, after it (the order above),
+# by when the other worker has run the rest of the suite.
+QUIET_TESTS = ("tests/test_timing.py::", "tests/test_workflow.py::test_default_config_completes_offline")
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """Each test is a unit of its own, but the quiet tests are one unit, run in order on one worker."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class QuietTestsTogether(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return "quiet" if nodeid.startswith(QUIET_TESTS) else nodeid
+
+    return QuietTestsTogether(config, log)
+
+
 def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run(
