@@ -57,7 +57,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 # Tests that time sleeps need a machine no other test loads: beside the default config's run on a
 # 2-core CPU, a 20 ms sleep took 24 ms. They run on that run's worker, after it (the order above),
-# by when the other worker has run the rest of the suite.
+# by when the other worker had run the rest of the suite in the runs here.
 QUIET_TESTS = ("tests/test_timing.py::", "tests/test_workflow.py::test_default_config_completes_offline")
 
 

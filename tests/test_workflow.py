@@ -96,7 +96,7 @@ def test_tiny_config_runs_end_to_end_and_reruns_nothing(workdir):
     end_to_end = table[table["scope"] == "end-to-end"]
     stages = end_to_end.filter(like="stage_")
     # Medians of stages, each a few ms here, against the median of whole iterations: on a loaded
-    # CPU (the default config's run beside this one) their sum came out up to 1.2x and more.
+    # CPU (the default config's run beside this one) their sum came out above 1.2x once.
     assert (stages > 0).all().all() and (stages.sum(axis=1) <= end_to_end["median_ms"] * 1.5).all()
     assert table[table["scope"] == "model"].filter(like="stage_").isna().all().all()
     assert (table["achieved_tflops"] > 0).all() and (table["gflops_per_image"] > 0).all()
