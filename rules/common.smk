@@ -98,6 +98,14 @@ def target_probe(target):
         return json.load(handle)["engines"]
 
 
+def engine_on_accelerator(wildcards):
+    """1 where the engine runs on the target's accelerator: its job then holds that one device.
+    0 for an engine on the CPU: its job needs no device, and a timing job takes every core anyway.
+    """
+    fingerprint = target_probe(wildcards.target)[wildcards.engine]["fingerprint"] or {}
+    return int(fingerprint.get("kind", "cpu") != "cpu")
+
+
 def target_rows(target):
     probe = target_probe(target)
     rows = []
