@@ -28,17 +28,22 @@ def _bundled_photo(name: str) -> np.ndarray:
 def generated_scene(seed: int, width: int = 640, height: int = 480) -> np.ndarray:
     """A deterministic image with a gradient background and solid rectangles and ellipses."""
     rng = np.random.default_rng(seed)
-    ys, xs = np.mgrid[0:height, 0:width].astype(np.float32)
+    xs = np.arange(width, dtype=np.float32)
+    ys = np.arange(height, dtype=np.float32)
     start, end = rng.uniform(0, 255, (2, 3))
-    image = start + (end - start) * (xs / width)[..., None]
+    image = np.repeat((start + (end - start) * (xs / width)[..., None])[None], height, axis=0)
     for _ in range(rng.integers(3, 8)):
         x0, y0 = rng.uniform(0, 0.8) * width, rng.uniform(0, 0.8) * height
         w, h = rng.uniform(0.1, 0.4) * width, rng.uniform(0.1, 0.4) * height
+        # Each shape is drawn within its bounding box only: the default set is 500 of these.
+        rows = slice(max(0, int(np.floor(y0))), min(height, int(np.ceil(y0 + h)) + 1))
+        cols = slice(max(0, int(np.floor(x0))), min(width, int(np.ceil(x0 + w)) + 1))
+        x, y = xs[None, cols], ys[rows, None]
         if rng.random() < 0.5:
-            mask = (xs >= x0) & (xs < x0 + w) & (ys >= y0) & (ys < y0 + h)
+            mask = (x >= x0) & (x < x0 + w) & (y >= y0) & (y < y0 + h)
         else:
-            mask = ((xs - x0 - w / 2) / (w / 2)) ** 2 + ((ys - y0 - h / 2) / (h / 2)) ** 2 <= 1
-        image[mask] = rng.uniform(0, 255, 3)
+            mask = ((x - x0 - w / 2) / (w / 2)) ** 2 + ((y - y0 - h / 2) / (h / 2)) ** 2 <= 1
+        image[rows, cols][mask] = rng.uniform(0, 255, 3)
     noise = rng.normal(0, 4, image.shape)
     return np.clip(image + noise, 0, 255).astype(np.uint8)
 
