@@ -37,10 +37,10 @@ rule accuracy:
         "logs/accuracy/{target}/{fingerprint}/{model}-{size}/{engine}-{precision}.log",
     conda:
         "../envs/engines.yaml"
-    # On a cluster, on the target whose engine it scores.
+    # On a cluster, on the target whose engine it scores; on the device, if the engine runs on one.
     resources:
         **target_resources(),
-        gpu=1,
+        gpu=engine_on_accelerator,
     params:
         gate=config["accuracy"],
     shell:

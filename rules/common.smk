@@ -98,6 +98,19 @@ def target_probe(target):
         return json.load(handle)["engines"]
 
 
+def engine_on_accelerator(wildcards):
+    """1 where the engine runs on the target's accelerator: its job then holds that one device.
+    0 for an engine on the CPU: its job needs no device, and a timing job takes every core anyway.
+    """
+    # The probe's file itself, not checkpoints.device.get(): the Snakemake of a cluster job holds
+    # the checkpoint as incomplete, and then fails to evaluate the resource (Snakemake 9.27).
+    # Where the probe has not run yet, no job of this engine exists.
+    with open(f"results/device/{wildcards.target}.json") as handle:
+        probe = json.load(handle)["engines"]
+    fingerprint = probe[wildcards.engine]["fingerprint"] or {}
+    return int(fingerprint.get("kind", "cpu") != "cpu")
+
+
 def target_rows(target):
     probe = target_probe(target)
     rows = []
