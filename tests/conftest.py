@@ -11,8 +11,14 @@ import pytest
 from yoloforge.darknet.cfg import load_cfg
 from yoloforge.darknet.synthetic import synthetic_params
 from yoloforge.darknet.weights import WeightsHeader, write_weights
+from yoloforge.device import share_cores_when_idle
 from yoloforge.images import BUNDLED_PHOTOS, _bundled_photo, generated_scene, letterbox
 from yoloforge.provenance import read_provenance
+
+# The two test workers, and the workflows they start, share the machine's cores: the thread pools
+# of the tests' own processes sleep when idle, as those of every command but timing do. Before any
+# test module imports PyTorch; the timing jobs of the tests' workflows inherit it too.
+share_cores_when_idle()
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"

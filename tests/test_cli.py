@@ -1,8 +1,13 @@
-"""Bad inputs through the command line: one line naming the file, non-zero exit, no output."""
+"""The command line: bad inputs (one line naming the file, non-zero exit, no output), and the
+process settings each command makes."""
+
+import os
+import subprocess
+import sys
 
 import pytest
 
-from tests.conftest import DATA, MODELS, run_cli
+from tests.conftest import DATA, MODELS, ROOT, run_cli
 
 
 @pytest.fixture(scope="module")
@@ -129,3 +134,28 @@ def test_compare_tells_whether_b_p50_lies_in_a_spread(tmp_path, capsys):
         "2 of 3 rows: B's p50 inside A's p10-p90",
         "2 of 2 rows: B's p50 inside A's rerun interval",
     ]
+
+
+@pytest.mark.parametrize(
+    ("command", "policy"),
+    [
+        (["synth-weights", "--cfg", str(DATA / "every-layer.cfg"), "--output", "{tmp}/w.weights"], "PASSIVE"),
+        # Timing keeps the libraries' defaults (here it stops at its bad round, before loading).
+        (
+            ["bench", "--engine", "onnxruntime", "--engine-file", "x", "--model", "m", "--images", "i"]
+            + ["--round", "2", "--rounds", "2", "--output", "{tmp}/b.json"],
+            "None",
+        ),
+    ],
+)
+def test_only_timing_keeps_thread_pools_spinning(command, policy, tmp_path):
+    code = (
+        "import os, sys; from yoloforge.cli import main; main(sys.argv[1:]);"
+        " print(os.environ.get('OMP_WAIT_POLICY'))"
+    )
+    env = {key: value for key, value in os.environ.items() if key != "OMP_WAIT_POLICY"}
+    args = [part.replace("{tmp}", str(tmp_path)) for part in command]
+    result = subprocess.run(
+        [sys.executable, "-c", code, *args], capture_output=True, text=True, env=env, cwd=ROOT
+    )
+    assert result.stdout.strip().splitlines()[-1] == policy, result.stderr

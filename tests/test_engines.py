@@ -125,3 +125,18 @@ def test_unknown_precision_is_refused(tiny_onnx, tmp_path):
     request = BuildRequest(onnx=tiny_onnx, precision="int4", batch=1, output=tmp_path / "x.engine")
     with pytest.raises(YoloforgeError, match="onnxruntime has no int4 mode"):
         get_backend("onnxruntime").build(request)
+
+
+def test_onnxruntime_threads_sleep_when_idle_where_the_cores_are_shared(
+    tiny_onnx, tiny_weights, tmp_path, monkeypatch
+):
+    output = tmp_path / "model.engine"
+    _build("onnxruntime", tiny_onnx, tiny_weights, output)
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    shared = get_backend("onnxruntime").load(output).session.get_session_options()
+    assert shared.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+    # A timing process keeps ONNX Runtime's default, spinning.
+    monkeypatch.delenv("OMP_WAIT_POLICY")
+    alone = get_backend("onnxruntime").load(output).session.get_session_options()
+    with pytest.raises(RuntimeError, match="allow_spinning"):
+        alone.get_session_config_entry("session.intra_op.allow_spinning")

@@ -10,6 +10,7 @@ import logging
 import sys
 from pathlib import Path
 
+from yoloforge.device import share_cores_when_idle
 from yoloforge.errors import YoloforgeError
 
 log = logging.getLogger("yoloforge")
@@ -556,6 +557,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.func not in (cmd_bench, cmd_device):
+        # Timing (bench, and the device probe's ceilings) has the machine to itself and keeps
+        # the libraries' defaults; everything else may share the cores with other jobs.
+        share_cores_when_idle()
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

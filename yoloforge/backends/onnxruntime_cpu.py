@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from yoloforge.backends.base import Backend, BuildRequest, Runner, calibration_batches
-from yoloforge.device import cpu_threads
+from yoloforge.device import cpu_threads, idle_threads_sleep
 
 
 class _OrtRunner(Runner):
@@ -58,6 +58,8 @@ class OnnxRuntimeBackend(Backend):
         options = onnxruntime.SessionOptions()
         options.intra_op_num_threads = cpu_threads()
         options.inter_op_num_threads = 1
+        if idle_threads_sleep():
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if optimized_path is None:
             options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_DISABLE_ALL
         else:
