@@ -1,4 +1,9 @@
-"""The timing harness measures what it claims: known delays come out where they were put."""
+"""The timing harness measures what it claims: known delays come out where they were put.
+
+Where a check pins a latency, it reads the minimum, not the median: a loaded machine (CI's two
+cores, the other test worker busy beside these) only ever adds time. In one CI run it doubled the
+median of a stage that sleeps 30 ms; in another a 20 ms sleep's median came out at 21.0 ms.
+"""
 
 import io
 import threading
@@ -89,7 +94,7 @@ def test_harness_measures_a_known_latency():
     batches = [np.zeros((1, 3, 4, 4), np.float32) + i for i in range(3)]
     latencies = measure(runner, batches, TimingBudget(warmup_seconds=0.05, seconds=0.5, min_iterations=5))
     summary = summarize(latencies, batch=1)
-    assert summary["median_ms"] == pytest.approx(20, rel=0.05)
+    assert summary["min_ms"] == pytest.approx(20, rel=0.05)
     assert summary["iterations"] >= 5
     assert summary["p10_ms"] <= summary["median_ms"] <= summary["p90_ms"] <= summary["p99_ms"]
     assert len(set(runner.seen)) == 3  # inputs rotate over every batch
@@ -97,7 +102,7 @@ def test_harness_measures_a_known_latency():
 
 def test_harness_waits_for_queued_device_work():
     latencies = measure(QueueingRunner(0.02), [np.zeros((1, 3, 4, 4), np.float32)], TimingBudget(0, 0.3, 5))
-    assert np.median(latencies) == pytest.approx(20, rel=0.05)
+    assert np.min(latencies) == pytest.approx(20, rel=0.05)
 
 
 def test_harness_respects_the_minimum_counts_on_a_slow_device():
@@ -113,12 +118,10 @@ def test_end_to_end_covers_every_stage(encoded_images):
     assert set(times) == {"total", *STAGES}
     stages = np.sum([times[stage] for stage in STAGES], axis=0)
     assert np.all(stages <= times["total"]) and np.all(times["total"] - stages < 1)
-    assert np.median(times["inference"]) == pytest.approx(20, rel=0.05)
+    assert np.min(times["inference"]) == pytest.approx(20, rel=0.05)
     assert all(np.all(times[stage] > 0) for stage in STAGES)
 
 
-# Minima, not medians: a loaded machine (CI's two cores, say) only ever adds time, and in one CI
-# run it doubled the median of a stage that sleeps 30 ms.
 @pytest.fixture(scope="module")
 def undelayed(encoded_images) -> dict[str, float]:
     times = measure_end_to_end(SleepingRunner(0.005), encoded_images, 64, 48, 2, TimingBudget(0, 0.3, 5))
@@ -186,7 +189,7 @@ def test_the_spread_covers_every_round(encoded_images):
         # End to end, the drift is in the inference stage; the others decode and letterbox real
         # images on the host, whose time varies by a millisecond or more from round to round.
         column = "latency_ms" if record["scope"] == "model" else "stage_inference_ms"
-        np.testing.assert_allclose(rows.groupby("round")[column].median(), [10, 12, 14], rtol=0.1)
+        np.testing.assert_allclose(rows.groupby("round")[column].min(), [10, 12, 14], rtol=0.1)
         assert record["p10_ms"] < min(record["round_medians_ms"])
         assert record["p90_ms"] > max(record["round_medians_ms"])
         medians = rows.groupby("round")["latency_ms"].median()
