@@ -73,7 +73,7 @@ def engine_options(wildcards):
 
 def build_times_kernels(wildcards):
     """1 for builds that time kernels on the device, so they never overlap one another."""
-    if wildcards.engine == "tensorrt":
+    if wildcards.engine in ("tensorrt", "cudnn-fused"):
         return 1
     options = config.get("engine_options", {}).get(wildcards.engine, {})
     return int(

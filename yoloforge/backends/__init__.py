@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from yoloforge.backends.base import Backend, BuildRequest, Runner, read_sidecar
+from yoloforge.backends.cudnn_fused import CudnnFusedBackend
 from yoloforge.backends.onnxruntime_cpu import OnnxRuntimeBackend
 from yoloforge.backends.opencv_darknet import OpenCvDarknetBackend
 from yoloforge.backends.openvino_cpu import OpenVinoBackend
@@ -18,6 +19,7 @@ BACKENDS: dict[str, type[Backend]] = {
         OpenVinoBackend,
         TorchEagerBackend,
         TorchAotiBackend,
+        CudnnFusedBackend,
         OpenCvDarknetBackend,
     )
 }

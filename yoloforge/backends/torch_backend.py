@@ -227,12 +227,12 @@ def _configure(flags: dict[str, Any]) -> None:
         torch.backends.cuda.matmul.allow_tf32 = False
 
 
-def _module_for(onnx: Path, flags: dict[str, Any]):
+def _module_for(onnx: Path, flags: dict[str, Any], fuse=None):
     import torch
 
     from yoloforge.backends.torch_graph import onnx_module
 
-    module = onnx_module(onnx, flags.get("channel_multiple", 1))
+    module = onnx_module(onnx, flags.get("channel_multiple", 1), fuse)
     module = module.to(torch.device(flags["device"]), getattr(torch, flags["dtype"]))
     if flags.get("channels_last"):
         module = module.to(memory_format=torch.channels_last)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import functools
 import os
+from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -192,6 +194,91 @@ OPS: dict[str, Maker] = {
 }
 
 
+@dataclass(frozen=True)
+class ConvChain:
+    """A Conv node with the activation and the residual addition that follow it (those whose
+    input is the chain's output alone): what an engine can run as one fused kernel. The fused
+    function takes (x, kernel, bias), plus the residual operand where `residual`."""
+
+    name: str
+    stride: tuple[int, int]
+    pre_padding: tuple[int, int]
+    post_padding: tuple[int, int]
+    dilation: tuple[int, int]
+    activation: str | None  # "relu" (negative_slope 0 or leaky) or None
+    negative_slope: float
+    residual: bool
+
+
+# Makes the fused function of a chain; None leaves the chain's nodes unfused.
+Fuser = Callable[[ConvChain], Callable[..., Any] | None]
+
+
+def chain_in_torch(chain: ConvChain) -> Callable[..., Any]:
+    """The chain in separate torch operations: what a fused implementation must equal."""
+    import torch.nn.functional as F
+
+    pad = _torch_pad(list(chain.pre_padding), list(chain.post_padding))
+
+    def run(x, kernel, bias, residual=None):
+        y = F.conv2d(F.pad(x, pad) if any(pad) else x, kernel, bias, chain.stride, 0, chain.dilation)
+        if chain.activation:
+            y = F.leaky_relu(y, chain.negative_slope)
+        return y if residual is None else y + residual
+
+    return run
+
+
+def _conv_chain(nodes: list, index: int, uses: Counter, fuse_residual: bool):
+    """The chain that starts at Conv nodes[index], its tensor inputs and its last node's index;
+    None for a convolution no chain covers (grouped, bias-less, auto_pad)."""
+    from onnx import helper
+
+    conv = nodes[index]
+    attrs = {attribute.name: helper.get_attribute_value(attribute) for attribute in conv.attribute}
+    if attrs.get("group", 1) != 1 or len(conv.input) < 3 or not conv.input[2]:
+        return None
+    if attrs.get("auto_pad", b"NOTSET") != b"NOTSET":
+        return None
+
+    def sole_user(output: str, last: int):
+        """The node after nodes[last] where it is the only user of `output`."""
+        follower = nodes[last + 1] if last + 1 < len(nodes) else None
+        return follower if follower is not None and uses[output] == 1 and output in follower.input else None
+
+    output, last, inputs = conv.output[0], index, list(conv.input[:3])
+    activation, slope = None, 0.0
+    follower = sole_user(output, last)
+    if follower is not None and follower.op_type in ("Relu", "LeakyRelu"):
+        activation = "relu"
+        if follower.op_type == "LeakyRelu":
+            alpha = [helper.get_attribute_value(a) for a in follower.attribute if a.name == "alpha"]
+            slope = float(alpha[0]) if alpha else 0.01
+        output, last = follower.output[0], last + 1
+    follower = sole_user(output, last)
+    residual = (
+        fuse_residual
+        and follower is not None
+        and follower.op_type == "Add"
+        and list(follower.input).count(output) == 1
+    )
+    if residual:
+        inputs.append(next(name for name in follower.input if name != output))
+        last += 1
+    begin, end = _begin_end(attrs.get("pads", [0, 0, 0, 0]))
+    chain = ConvChain(
+        name=conv.name,
+        stride=tuple(attrs.get("strides", (1, 1))),
+        pre_padding=tuple(begin),
+        post_padding=tuple(end),
+        dilation=tuple(attrs.get("dilations", (1, 1))),
+        activation=activation,
+        negative_slope=slope,
+        residual=residual,
+    )
+    return chain, inputs, last
+
+
 def _pad_conv_channels(node, constants: dict[str, np.ndarray], multiple: int) -> tuple[int, int] | None:
     """Zero-pad the weights (and bias) of Conv `node` in `constants` to input and output channel
     counts that are multiples of `multiple`; return (input channels added, output channels to
@@ -212,11 +299,12 @@ def _pad_conv_channels(node, constants: dict[str, np.ndarray], multiple: int) ->
     return add_c, kernels
 
 
-def onnx_module(path: str | os.PathLike, channel_multiple: int = 1):
+def onnx_module(path: str | os.PathLike, channel_multiple: int = 1, fuse: Fuser | None = None):
     """Build the module for the ONNX file at `path`; one input image tensor, one output tensor.
 
     With `channel_multiple` > 1, every convolution runs on weights zero-padded to channel counts
-    of that multiple (_pad_conv_channels), with the same results."""
+    of that multiple (_pad_conv_channels), with the same results. With `fuse`, each ConvChain
+    runs as the one function `fuse` makes for it."""
     import onnx
     from onnx import helper, numpy_helper
 
@@ -234,8 +322,21 @@ def onnx_module(path: str | os.PathLike, channel_multiple: int = 1):
             raise ValueError(f"input {name!r} is computed at run time, not a constant")
         return constants[name]
 
+    nodes = list(graph.node)
+    # Every use of a tensor as an input, the graph's output counted as one.
+    uses = Counter(name for node in nodes for name in node.input) + Counter(v.name for v in graph.output)
     steps = []
-    for node in graph.node:
+    index = 0
+    while index < len(nodes):
+        node = nodes[index]
+        index += 1
+        if fuse is not None and node.op_type == "Conv":
+            fused = _fused_step(nodes, index - 1, uses, constants, channel_multiple, fuse)
+            if fused is not None:
+                step, last = fused
+                steps.append(step)
+                index = last + 1
+                continue
         if node.op_type not in OPS or node.domain not in ("", "ai.onnx"):
             raise YoloforgeError(
                 f"the torch engines do not support ONNX op {node.op_type} ({node.name})", path
@@ -255,6 +356,27 @@ def onnx_module(path: str | os.PathLike, channel_multiple: int = 1):
     dims = next(value for value in graph.input if value.name == inputs[0]).type.tensor_type.shape.dim
     image_shape = tuple(dim.dim_value for dim in dims[1:])
     return _module_class()(steps, kept, inputs[0], graph.output[0].name, image_shape).eval()
+
+
+def _fused_step(nodes: list, index: int, uses: Counter, constants: dict, channel_multiple: int, fuse: Fuser):
+    """The module step of the chain at Conv nodes[index] and its last node's index, or None."""
+    conv = nodes[index]
+    weight = constants.get(conv.input[1])
+    if weight is None or weight.ndim != 4:
+        return None
+    # A residual of the unpadded channel count cannot be added to padded outputs inside the chain.
+    outputs_padded = channel_multiple > 1 and weight.shape[0] % channel_multiple != 0
+    found = _conv_chain(nodes, index, uses, fuse_residual=not outputs_padded)
+    if found is None:
+        return None
+    chain, inputs, last = found
+    function = fuse(chain)
+    if function is None:
+        return None
+    padding = _pad_conv_channels(conv, constants, channel_multiple)
+    if padding:
+        function = _padded(function, *padding)
+    return (function, inputs, list(nodes[last].output)), last
 
 
 def _padded(convolve: Callable[..., Any], input_channels: int, output_channels: int) -> Callable[..., Any]:

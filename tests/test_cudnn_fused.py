@@ -1,0 +1,213 @@
+"""cudnn-fused: which chains of the graph it fuses (on any machine: run as torch operations, the
+fused module must equal the plain one), and the engine itself where PyTorch sees a CUDA GPU and
+cuDNN's graph API is installed; CI's machines have no GPU, so those tests skip there."""
+
+import numpy as np
+import pytest
+
+from tests.conftest import MODELS, mixed_batch, real_photo_batch
+from tests.reference import onnx_detections
+from yoloforge.backends import BuildRequest, get_backend
+from yoloforge.backends.torch_graph import chain_in_torch, onnx_module
+from yoloforge.darknet.convert import convert
+from yoloforge.errors import YoloforgeError
+
+torch = pytest.importorskip("torch")
+
+# Darknet-53's residual block (conv, conv, shortcut from=-3) and a head whose 18 output channels
+# are padded to 24 for tensor cores.
+RESIDUAL_CFG = """
+[net]
+width=64
+height=64
+channels=3
+
+[convolutional]
+batch_normalize=1
+filters=16
+size=3
+stride=2
+pad=1
+activation=leaky
+
+[convolutional]
+batch_normalize=1
+filters=8
+size=1
+stride=1
+pad=1
+activation=leaky
+
+[convolutional]
+batch_normalize=1
+filters=16
+size=3
+stride=1
+pad=1
+activation=leaky
+
+[shortcut]
+from=-3
+activation=linear
+
+[convolutional]
+batch_normalize=1
+filters=16
+size=3
+stride=1
+pad=1
+activation=relu
+
+[convolutional]
+size=1
+stride=1
+pad=1
+filters=18
+activation=linear
+
+[yolo]
+mask=0,1,2
+anchors=10,14,23,27,37,58
+classes=1
+num=3
+"""
+
+
+@pytest.fixture(scope="module")
+def residual_onnx(synthetic_weights, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("residual")
+    cfg = folder / "residual.cfg"
+    cfg.write_text(RESIDUAL_CFG)
+    output = folder / "residual-64.onnx"
+    convert(cfg, synthetic_weights(cfg), output, (64, 64))
+    return output
+
+
+def _fused_module(onnx_path, channel_multiple: int):
+    chains = []
+
+    def fuse(chain):
+        chains.append(chain)
+        return chain_in_torch(chain)
+
+    return onnx_module(onnx_path, channel_multiple, fuse), chains
+
+
+def test_chains_cover_conv_bias_activation_and_residual(residual_onnx):
+    module, chains = _fused_module(residual_onnx, channel_multiple=8)
+    plain = onnx_module(residual_onnx, channel_multiple=8)
+    images = torch.from_numpy(mixed_batch(64, 64))
+    with torch.inference_mode():
+        torch.testing.assert_close(module(images), plain(images), rtol=0, atol=1e-5)
+    # Every convolution is a chain; the shortcut joins the chain of the conv before it.
+    assert [(c.activation, c.negative_slope, c.residual) for c in chains] == [
+        ("relu", pytest.approx(0.1), False),
+        ("relu", pytest.approx(0.1), False),
+        ("relu", pytest.approx(0.1), True),
+        ("relu", 0.0, False),
+        (None, 0.0, False),
+    ]
+    assert chains[0].stride == (2, 2) and chains[0].pre_padding == chains[0].post_padding == (1, 1)
+    assert len(module.steps) < len(plain.steps) - 4  # activations and the Add left the step list
+
+
+def test_chains_through_the_custom_op_compile_and_agree(residual_onnx):
+    """The engine's compile=true path, with the chains run as torch operations behind the same
+    custom op: torch.compile traces it through its fake implementation, whose output layout
+    must be the one the op returns."""
+    from yoloforge.backends.cudnn_fused import as_custom_op
+
+    module = onnx_module(residual_onnx, 8, lambda chain: as_custom_op(chain, chain_in_torch(chain)))
+    module = module.to(memory_format=torch.channels_last)
+    plain = onnx_module(residual_onnx, 8)
+    images = torch.from_numpy(mixed_batch(64, 64)).contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        expected = plain(images)
+        torch.testing.assert_close(module(images), expected, rtol=0, atol=1e-3)
+        compiled = torch.compile(module, fullgraph=True, dynamic=False)
+        torch.testing.assert_close(compiled(images), expected, rtol=0, atol=1e-3)
+
+
+def test_yolov3_tiny_fuses_every_convolution(tiny_weights, tmp_path):
+    onnx_path = tmp_path / "tiny-320.onnx"
+    convert(MODELS / "yolov3-tiny.cfg", tiny_weights, onnx_path, (320, 320))
+    module, chains = _fused_module(onnx_path, channel_multiple=8)
+    assert len(chains) == 13 and sum(c.activation is None for c in chains) == 2
+    images = torch.from_numpy(real_photo_batch(320, 320))
+    with torch.inference_mode():
+        torch.testing.assert_close(module(images), onnx_module(onnx_path, 8)(images), rtol=0, atol=1e-4)
+
+
+def test_build_without_a_gpu_fails_in_one_line(residual_onnx, tmp_path):
+    backend = get_backend("cudnn-fused")
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    output = tmp_path / "engines" / "residual.engine"
+    output.parent.mkdir()
+    with pytest.raises(YoloforgeError, match="cudnn-fused fp16 is unavailable: needs an NVIDIA GPU"):
+        backend.build(BuildRequest(onnx=residual_onnx, precision="fp16", batch=1, output=output))
+    with pytest.raises(YoloforgeError, match="no fp32 mode"):
+        backend.build(BuildRequest(onnx=residual_onnx, precision="fp32", batch=1, output=output))
+    assert list(output.parent.iterdir()) == []
+
+
+needs_gpu = pytest.mark.skipif(
+    get_backend("cudnn-fused").unavailable_reason("fp16") is not None,
+    reason=f"cudnn-fused cannot run here: {get_backend('cudnn-fused').unavailable_reason('fp16')}",
+)
+
+
+@needs_gpu
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_engine_agrees_with_the_onnx_reference(tiny_weights, tmp_path, precision):
+    onnx_path = tmp_path / "tiny-320.onnx"
+    convert(MODELS / "yolov3-tiny.cfg", tiny_weights, onnx_path, (320, 320))
+    output = tmp_path / f"tiny-{precision}.engine"
+    sidecar = get_backend("cudnn-fused").build(
+        BuildRequest(onnx=onnx_path, precision=precision, batch=3, output=output)
+    )
+    flags = sidecar["build_flags"]
+    assert flags["distinct_chains"] > 0 and flags["chains_fused_by_cudnn"] > 0, flags
+    images = real_photo_batch(320, 320)
+    runner = get_backend("cudnn-fused").load(output)
+    first = runner.infer(images)
+    again = runner.infer(images)  # a CUDA-graph replay
+    np.testing.assert_array_equal(first, again)
+    reference = onnx_detections(onnx_path, images)
+    tolerance = 0.05 if precision == "bf16" else 0.02
+    assert np.abs(first[..., :5] - reference[..., :5]).max() < tolerance
+    scores = first[..., 5:] * first[..., 4:5]
+    assert np.abs(scores - reference[..., 5:] * reference[..., 4:5]).max() < tolerance
+
+
+@needs_gpu
+def test_every_cudnn_plan_computes_the_residual_chain(residual_onnx):
+    """Whatever the timing picks, each plan cuDNN offers must compute what the torch operations do."""
+    from yoloforge.backends.cudnn_fused import CudnnChains
+
+    chain = next(c for c in _fused_module(residual_onnx, 8)[1] if c.residual)
+    generator = torch.Generator(device="cuda").manual_seed(0)
+
+    def channels_last(*shape, scale=1.0):
+        values = torch.randn(shape, device="cuda", generator=generator) * scale
+        return values.to(torch.float16).contiguous(memory_format=torch.channels_last)
+
+    x, kernel, residual = (
+        channels_last(2, 8, 32, 32),
+        channels_last(16, 8, 3, 3, scale=0.2),
+        channels_last(2, 16, 32, 32),
+    )
+    bias = torch.randn(16, device="cuda", generator=generator).to(torch.float16)
+    expected = chain_in_torch(chain)(x, kernel, bias, residual)
+    chains = CudnnChains(torch.float16)
+    graph, tensors = chains._graph(chain, x, kernel, residual)
+    ran = 0
+    for index in range(graph.get_execution_plan_count()):
+        try:
+            graph.build_plan_at_index(index)
+        except Exception:  # noqa: BLE001 - not every listed plan builds for every shape
+            continue
+        computed = chains._executor(graph, tensors, index, chain)(x, kernel, bias, residual)
+        torch.testing.assert_close(computed, expected, atol=0.02, rtol=0.01)
+        ran += 1
+    assert ran > 0

@@ -1,0 +1,385 @@
+"""cudnn-fused: each convolution with its bias, activation and residual addition as one cuDNN
+kernel, the fusion TensorRT makes, here through cuDNN's graph API (nvidia-cudnn-frontend).
+
+At batch 1 on a GPU, torch-aoti spends a fifth of its device time in the small Triton kernels that
+add the bias and apply the activation after each cuDNN convolution (yolov3-416 fp16 on an H200:
+76 such kernels, 0.12 of 0.67 ms, and the gaps between kernels add 0.06 ms). Here each ConvChain
+of our graph (torch_graph) is one cuDNN operation graph, conv_fprop -> bias -> ReLU/leaky ReLU ->
+add, which cuDNN compiles for the engine's fixed shapes (its runtime fusion engines). The other
+operators (routes, upsampling, the YOLO heads) run as torch operations, compiled by torch.compile
+where the build option `compile` is true, and the runner replays the whole forward pass as one
+CUDA graph.
+
+The engine file is a zip of the ONNX file and the plan chosen for each distinct chain. At build,
+the candidate plans of cuDNN's heuristics and the chain as separate torch operations are each
+timed on the device, replayed from a CUDA graph as the engine runs, and the fastest is kept; load
+builds those plans again, on the device and library versions the fingerprint pins.
+"""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+import logging
+import shutil
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+from yoloforge.backends.base import BuildRequest, Runner
+from yoloforge.backends.torch_backend import _configure, _module_for, _switch, _TorchBackend, _TorchRunner
+from yoloforge.backends.torch_graph import ConvChain, chain_in_torch
+from yoloforge.errors import YoloforgeError
+
+# Plans timed per distinct chain, best first by cuDNN's heuristics; each may compile a kernel
+# (runtime fusion), a fraction of a second.
+CANDIDATE_PLANS = 6
+# Executions per timing, replayed from one CUDA graph: a chain takes microseconds at batch 1,
+# less than a launch from Python, so only a replay times the kernel rather than the host.
+TIMED_RUNS = 20
+ENGINE_MEMBERS = ("model.onnx", "plans.json")
+
+log = logging.getLogger(__name__)
+
+
+class CudnnChains:
+    """Runs ConvChains as cuDNN graphs: `fuse` is torch_graph's Fuser. One graph per distinct
+    chain and input layout, made on the first call with it (the runner's warm-up, before CUDA
+    graph capture) and executed with that call's tensors; repeated layers share it.
+
+    With `plans` None every distinct chain is timed (build) and `plans` records the winners;
+    otherwise each chain runs the plan recorded for it."""
+
+    def __init__(self, dtype, plans: dict[str, dict[str, Any]] | None = None) -> None:
+        import cudnn
+        import torch
+
+        self.torch_dtype = dtype
+        self.io_type = {torch.float16: cudnn.data_type.HALF, torch.bfloat16: cudnn.data_type.BFLOAT16}[dtype]
+        self.tuning = plans is None
+        self.plans: dict[str, dict[str, Any]] = {} if plans is None else plans
+        self.handle = cudnn.create_handle()
+        self.workspace = torch.empty(0, dtype=torch.uint8, device="cuda")
+        self._runs: dict[str, Any] = {}
+
+    def fuse(self, chain: ConvChain):
+        unfused = chain_in_torch(chain)
+
+        def run(x, kernel, bias, residual=None):
+            x, kernel = _channels_last(x), _channels_last(kernel)
+            residual = None if residual is None else _channels_last(residual)
+            key = _signature(chain, x, kernel, residual)
+            if key not in self._runs:
+                self._runs[key] = self._prepare(key, chain, unfused, x, kernel, bias, residual)
+            return self._runs[key](x, kernel, bias, residual)
+
+        return as_custom_op(chain, run)
+
+    def _prepare(self, key: str, chain: ConvChain, unfused, x, kernel, bias, residual):
+        """The function that runs this chain from now on: a cuDNN plan or the torch operations."""
+        if self.tuning:
+            self.plans[key], run = self._tune(chain, unfused, x, kernel, bias, residual)
+            return run
+        if key not in self.plans:
+            raise YoloforgeError(f"the engine has no plan for {chain.name} ({key}); rebuild it")
+        plan = self.plans[key]
+        if plan["plan"] == "torch":
+            return unfused
+        graph, tensors = self._graph(chain, x, kernel, residual)
+        graph.build_plan_at_index(plan["plan"])
+        if graph.get_plan_name_at_index(plan["plan"]) != plan["name"]:
+            raise YoloforgeError(
+                f"cuDNN now offers another plan for {chain.name} than the engine was built with; rebuild it"
+            )
+        return self._executor(graph, tensors, plan["plan"], chain)
+
+    def _graph(self, chain: ConvChain, x, kernel, residual):
+        """The operation graph of `chain` for these tensors, with its candidate plans listed."""
+        import cudnn
+
+        graph = cudnn.pygraph(
+            io_data_type=self.io_type,
+            intermediate_data_type=cudnn.data_type.FLOAT,
+            compute_data_type=cudnn.data_type.FLOAT,
+            handle=self.handle,
+        )
+        tensors = {
+            "x": graph.tensor(name="x", dim=list(x.shape), stride=list(x.stride()), data_type=self.io_type),
+            "kernel": graph.tensor(
+                name="kernel", dim=list(kernel.shape), stride=list(kernel.stride()), data_type=self.io_type
+            ),
+        }
+        outputs = kernel.shape[0]
+        tensors["bias"] = graph.tensor(
+            name="bias", dim=[1, outputs, 1, 1], stride=[outputs, 1, 1, 1], data_type=self.io_type
+        )
+        y = graph.conv_fprop(
+            image=tensors["x"],
+            weight=tensors["kernel"],
+            pre_padding=list(chain.pre_padding),
+            post_padding=list(chain.post_padding),
+            stride=list(chain.stride),
+            dilation=list(chain.dilation),
+        )
+        y = graph.bias(input=y, bias=tensors["bias"])
+        if chain.activation and chain.negative_slope:
+            y = graph.leaky_relu(input=y, negative_slope=chain.negative_slope)
+        elif chain.activation:
+            y = graph.relu(input=y)
+        if residual is not None:
+            tensors["residual"] = graph.tensor(
+                name="residual",
+                dim=list(residual.shape),
+                stride=list(residual.stride()),
+                data_type=self.io_type,
+            )
+            y = graph.add(a=y, b=tensors["residual"])
+        shape, stride = _output_layout(chain, x, kernel)
+        y.set_output(True).set_data_type(self.io_type).set_dim(list(shape)).set_stride(list(stride))
+        tensors["y"] = y
+        graph.validate()
+        graph.build_operation_graph()
+        graph.create_execution_plans([cudnn.heur_mode.A, cudnn.heur_mode.FALLBACK])
+        graph.check_support()
+        return graph, tensors
+
+    def _executor(self, graph, tensors: dict[str, Any], index: int, chain: ConvChain):
+        import cudnn
+        import torch
+
+        needed = graph.get_workspace_size_plan_at_index(index)
+        if needed > self.workspace.numel():
+            # Chains run one after another on one stream, so they share one workspace; it only
+            # grows before capture (the warm-up builds every plan).
+            self.workspace = torch.empty(needed, dtype=torch.uint8, device="cuda")
+
+        def execute(x, kernel, bias, residual=None):
+            shape, stride = _output_layout(chain, x, kernel)
+            y = torch.empty_strided(shape, stride, dtype=x.dtype, device=x.device)
+            pointers = {tensors["x"]: x, tensors["kernel"]: kernel, tensors["bias"]: bias, tensors["y"]: y}
+            if residual is not None:
+                pointers[tensors["residual"]] = residual
+            cudnn.set_stream(handle=self.handle, stream=torch.cuda.current_stream().cuda_stream)
+            graph.execute_plan_at_index(pointers, self.workspace, index, handle=self.handle)
+            return y
+
+        return execute
+
+    def _tune(self, chain: ConvChain, unfused, x, kernel, bias, residual):
+        """Time each candidate plan and the unfused torch operations: the fastest as a plan
+        record, and the function that runs it."""
+        arguments = (x, kernel, bias) if residual is None else (x, kernel, bias, residual)
+        torch_ms = _replay_ms(lambda: unfused(*arguments))
+        best: tuple[float, dict[str, Any], Any] = (torch_ms, {"plan": "torch"}, unfused)
+        candidates, failures = 1, {}
+        try:
+            graph, tensors = self._graph(chain, x, kernel, residual)
+            count = graph.get_execution_plan_count()
+        except Exception as error:  # noqa: BLE001 - cuDNN raises several types for "not supported"
+            count = 0
+            best[1]["why"] = f"no cuDNN plan: {(str(error) or type(error).__name__).splitlines()[0]}"
+        for index in range(min(count, CANDIDATE_PLANS)):
+            try:
+                graph.build_plan_at_index(index)
+                execute = self._executor(graph, tensors, index, chain)
+                milliseconds = _replay_ms(lambda execute=execute: execute(*arguments))
+            except Exception as error:  # noqa: BLE001 - a plan that does not build or run is no candidate
+                failures[index] = (str(error) or type(error).__name__).splitlines()[0]
+                continue
+            candidates += 1
+            if milliseconds < best[0]:
+                best = (milliseconds, {"plan": index, "name": graph.get_plan_name_at_index(index)}, execute)
+        milliseconds, record, run = best
+        record.update(ms=round(milliseconds, 5), torch_ms=round(torch_ms, 5), candidates=candidates)
+        if failures:
+            record["failed_plans"] = failures
+        log.info(
+            "%s: %s, %.4f ms (as torch operations %.4f ms; %d candidates, %d failed)",
+            chain.name,
+            record.get("name", "torch operations"),
+            milliseconds,
+            torch_ms,
+            candidates,
+            len(failures),
+        )
+        return record, run
+
+
+# Every fused chain's function, by the index the custom op is called with: torch.compile traces
+# the op through its fake implementation, never into cuDNN's Python bindings.
+_CHAIN_RUNS: list[tuple[ConvChain, Any]] = []
+
+
+def as_custom_op(chain: ConvChain, run):
+    """`run` (the chain's function) called through the custom op, as torch.compile can trace it."""
+    _CHAIN_RUNS.append((chain, run))
+    return functools.partial(_chain_op(), len(_CHAIN_RUNS) - 1)
+
+
+@functools.cache
+def _chain_op():
+    import torch
+
+    def run(key: int, x, kernel, bias, residual=None):
+        # The layout the fake promises, whichever way the chain ran.
+        return _channels_last(_CHAIN_RUNS[key][1](x, kernel, bias, residual))
+
+    op = torch.library.custom_op(
+        "yoloforge::cudnn_chain",
+        run,
+        mutates_args=(),
+        schema="(int key, Tensor x, Tensor kernel, Tensor bias, Tensor? residual=None) -> Tensor",
+    )
+
+    @op.register_fake
+    def _(key, x, kernel, bias, residual=None):
+        shape, stride = _output_layout(_CHAIN_RUNS[key][0], x, kernel)
+        return x.new_empty_strided(shape, stride)
+
+    return op
+
+
+def _channels_last(tensor):
+    """`tensor` in channels-last memory, with strides that follow from its shape alone (a size-1
+    axis's stride is free, and graphs and plans are keyed by strides)."""
+    import torch
+
+    if not tensor.is_contiguous(memory_format=torch.channels_last):
+        tensor = tensor.contiguous(memory_format=torch.channels_last)
+    strides = _packed_channels_last(tuple(tensor.shape))
+    return tensor if tensor.stride() == strides else tensor.as_strided(tensor.shape, strides)
+
+
+def _packed_channels_last(shape: tuple[int, ...]) -> tuple[int, ...]:
+    _, channels, height, width = shape
+    return (channels * height * width, 1, width * channels, channels)
+
+
+def _signature(chain: ConvChain, x, kernel, residual) -> str:
+    """What a cuDNN graph is valid for: the chain's settings and its tensors' layouts."""
+    settings = (chain.stride, chain.pre_padding, chain.post_padding, chain.dilation, chain.activation)
+    tensors = (x, kernel) if residual is None else (x, kernel, residual)
+    layouts = [(tuple(t.shape), tuple(t.stride())) for t in tensors]
+    return f"{settings} slope={chain.negative_slope} {layouts} {x.dtype}"
+
+
+def _output_layout(chain: ConvChain, x, kernel) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """Shape and channels-last strides of the chain's output."""
+    batch, _, height, width = x.shape
+    outputs, _, kernel_h, kernel_w = kernel.shape
+    sizes = []
+    for size, extent, stride, before, after, dilation in zip(
+        (height, width),
+        (kernel_h, kernel_w),
+        chain.stride,
+        chain.pre_padding,
+        chain.post_padding,
+        chain.dilation,
+        strict=True,
+    ):
+        sizes.append((size + before + after - dilation * (extent - 1) - 1) // stride + 1)
+    shape = (batch, outputs, *sizes)
+    return shape, _packed_channels_last(shape)
+
+
+def _replay_ms(run) -> float:
+    """Device milliseconds of one `run`, from TIMED_RUNS of it captured into one CUDA graph."""
+    import torch
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            run()
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(TIMED_RUNS):
+            run()
+    graph.replay()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    samples = []
+    for _ in range(5):
+        start.record()
+        graph.replay()
+        end.record()
+        end.synchronize()
+        samples.append(start.elapsed_time(end) / TIMED_RUNS)
+    return sorted(samples)[len(samples) // 2]
+
+
+@functools.cache
+def _frontend_versions() -> dict[str, str]:
+    import cudnn
+
+    return {"cudnn_frontend": cudnn.__version__, "cudnn": str(cudnn.backend_version_string())}
+
+
+class CudnnFusedBackend(_TorchBackend):
+    name = "cudnn-fused"
+    precisions = ("fp16", "bf16")
+
+    def unavailable_reason(self, precision: str = "fp16") -> str | None:
+        reason = super().unavailable_reason(precision)
+        if reason:
+            return reason
+        import torch
+
+        if not torch.cuda.is_available():
+            return "needs an NVIDIA GPU (PyTorch sees none)"
+        try:
+            _frontend_versions()
+        except (ImportError, OSError, RuntimeError) as error:
+            return f"cuDNN's graph API is not usable here (pip install nvidia-cudnn-frontend): {error}"
+        return None
+
+    def library_versions(self) -> dict[str, str]:
+        return {**super().library_versions(), **_frontend_versions()}
+
+    def _build(self, request: BuildRequest) -> dict[str, Any]:
+        import torch
+
+        flags = {**self._flags(request), "batch": request.batch}
+        flags["compile"] = _switch(request, "compile", default=False)
+        _configure(flags)
+        chains = CudnnChains(getattr(torch, flags["dtype"]))
+        module = _module_for(request.onnx, flags, fuse=chains.fuse)
+        example = torch.zeros((request.batch, *module.image_shape), device="cuda", dtype=chains.torch_dtype)
+        with torch.inference_mode():
+            module(example.contiguous(memory_format=torch.channels_last))  # times every chain's plans
+        torch.cuda.synchronize()
+        plans = chains.plans
+        buffer = io.BytesIO()
+        with zipfile.ZipFile(buffer, "w") as archive:
+            archive.write(request.onnx, ENGINE_MEMBERS[0])
+            archive.writestr(ENGINE_MEMBERS[1], json.dumps(plans, indent=1, sort_keys=True))
+        request.output.write_bytes(buffer.getvalue())
+        fused = [plan for plan in plans.values() if plan["plan"] != "torch"]
+        return {
+            **flags,
+            "distinct_chains": len(plans),
+            "chains_fused_by_cudnn": len(fused),
+            "chain_ms_fused": round(sum(plan["ms"] for plan in fused), 4),
+            "chain_ms_as_torch": round(sum(plan["torch_ms"] for plan in fused), 4),
+        }
+
+    def _load(self, engine: Path, sidecar: dict[str, Any]) -> Runner:
+        import torch
+
+        flags = sidecar["build_flags"]
+        _configure(flags)
+        try:
+            with zipfile.ZipFile(engine) as archive:
+                plans = json.loads(archive.read(ENGINE_MEMBERS[1]))
+                with tempfile.TemporaryDirectory() as scratch:
+                    onnx = Path(scratch) / ENGINE_MEMBERS[0]
+                    with archive.open(ENGINE_MEMBERS[0]) as source, onnx.open("wb") as target:
+                        shutil.copyfileobj(source, target)
+                    chains = CudnnChains(getattr(torch, flags["dtype"]), plans)
+                    module = _module_for(onnx, flags, fuse=chains.fuse)
+        except (zipfile.BadZipFile, KeyError, json.JSONDecodeError) as error:
+            raise YoloforgeError(f"not a cudnn-fused engine file: {error}", engine) from None
+        model = torch.compile(module, fullgraph=True, dynamic=False) if flags["compile"] else module
+        return _TorchRunner(model, flags, cuda_graph=True)
