@@ -35,7 +35,7 @@ from yoloforge.errors import YoloforgeError
 
 # Plans timed per distinct chain, best first by cuDNN's heuristics; each may compile a kernel
 # (runtime fusion), a fraction of a second.
-CANDIDATE_PLANS = 6
+CANDIDATE_PLANS = 3
 # Executions per timing, replayed from one CUDA graph: a chain takes microseconds at batch 1,
 # less than a launch from Python, so only a replay times the kernel rather than the host.
 TIMED_RUNS = 20
