@@ -1,98 +1,82 @@
-"""yolov3-416, batch 1, model scope: the run's engines timed side by side in one process (three
-rounds, alternating), their device time per replay (CUDA events), and where it goes (profiler);
-then, time allowing, a cudnn-fused engine built with compile=true, timed the same way.
-usage: python3 batch1.py SECONDS"""
-import glob, subprocess, sys, time
+"""Engines of one model and batch, model scope, timed side by side in one process: three rounds,
+alternating; their device time per CUDA-graph replay (events); where it goes (profiler). Each
+cudnn-fused engine is also timed with the rest of its graph compiled by torch.compile (as its
+build option compile=true would load it).
+usage: python3 batch1.py ENGINE_FILE... (the first is the baseline of the ratios)"""
+import sys, time
 import numpy as np, torch
-from yoloforge.backends import get_backend
+from yoloforge.backends import get_backend, read_sidecar
+from yoloforge.backends.torch_backend import _TorchRunner
 from yoloforge.timing import TimingBudget, measure
 
-deadline = time.time() + float(sys.argv[1])
-ROW = "yolov3-416-{precision}-b1.engine"
-ENGINES = {"torch-eager fp32": ("torch-eager", "fp32"), "torch-aoti fp16": ("torch-aoti", "fp16"),
-           "cudnn-fused fp16": ("cudnn-fused", "fp16")}
-x = np.random.default_rng(0).random((1, 3, 416, 416), dtype=np.float32)
-
-
-def engine_file(engine, precision):
-    found = glob.glob(f"results/engines/local/*/{engine}/" + ROW.format(precision=precision))
-    return found[0] if found else None
-
+paths = sys.argv[1:]
+first = read_sidecar(paths[0])
+x = np.random.default_rng(0).random((first["batch"], 3, 416, 416), dtype=np.float32)
+if first["model"].get("width"):
+    x = np.random.default_rng(0).random((first["batch"], 3, int(first["model"]["height"]), int(first["model"]["width"])), dtype=np.float32)
 
 runners = {}
-for label, (engine, precision) in ENGINES.items():
-    path = engine_file(engine, precision)
-    if path is None:
-        print(f"{label}: no engine file", flush=True)
-        continue
-    runner = get_backend(engine).load(path)
+for path in paths:
+    sidecar = read_sidecar(path)
+    label = f"{sidecar['backend']} {sidecar['precision']}"
+    begin = time.time()
+    runner = get_backend(sidecar["backend"]).load(path)
     runner.run(runner.prepare(x)); runner.synchronize()
+    print(f"{label}: loaded and warmed up in {time.time() - begin:.1f} s; build flags "
+          f"{ {k: v for k, v in sidecar['build_flags'].items() if k not in ('device',)} }", flush=True)
     runners[label] = runner
+    if sidecar["backend"] == "cudnn-fused":
+        begin = time.time()
+        flags = {**sidecar["build_flags"], "compile": True}
+        compiled = _TorchRunner(torch.compile(runner.model, fullgraph=True, dynamic=False), flags, cuda_graph=True)
+        compiled.run(compiled.prepare(x)); compiled.synchronize()
+        print(f"{label} +torch.compile: compiled and captured in {time.time() - begin:.1f} s", flush=True)
+        runners[label + " +compile"] = compiled
 
-
-def compare(runners):
-    outputs = {label: r.run(r.prepare(x)).float().clone() for label, r in runners.items()}
-    base = outputs["torch-eager fp32"]
-    for label, out in outputs.items():
-        print(f"{label}: max |diff| to eager fp32 {float((out - base).abs().nan_to_num().max()):.4f}", flush=True)
-    medians = {label: [] for label in runners}
-    for _ in range(3):
-        for label, r in runners.items():
-            medians[label].append(round(float(np.median(measure(r, [x], TimingBudget(0.3, 1.0, 5)))), 4))
-    eager = np.median(medians["torch-eager fp32"])
-    for label, m in medians.items():
-        print(f"{label}: median per round {m} ms; {eager / np.median(m):.2f}x torch-eager fp32", flush=True)
+labels = list(runners)
+outputs = {label: r.run(r.prepare(x)).float().clone() for label, r in runners.items()}
+for label, out in outputs.items():
+    diff = (out - outputs[labels[0]]).abs().nan_to_num()
+    print(f"{label}: max |diff| to {labels[0]} {float(diff.max()):.4f}; non-finite {int((~out.isfinite()).sum())}", flush=True)
+medians = {label: [] for label in runners}
+for _ in range(3):
     for label, r in runners.items():
-        if label == "torch-eager fp32":
-            continue
-        p = r.prepare(x)
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        gpu = []
-        for _ in range(200):
-            start.record(); r.run(p); end.record(); end.synchronize()
-            gpu.append(start.elapsed_time(end))
-        print(f"{label}: device time per replay, median {np.median(gpu):.4f} ms", flush=True)
+        medians[label].append(round(float(np.median(measure(r, [x], TimingBudget(0.3, 1.0, 5)))), 4))
+base = np.median(medians[labels[0]])
+for label, m in medians.items():
+    print(f"{label}: median per round {m} ms; {base / np.median(m):.2f}x {labels[0]}", flush=True)
+for label, r in runners.items():
+    if not getattr(r, "cuda_graph", False):
+        continue
+    p = r.prepare(x)
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    gpu = []
+    for _ in range(200):
+        start.record(); r.run(p); end.record(); end.synchronize()
+        gpu.append(start.elapsed_time(end))
+    print(f"{label}: device time per replay, median {np.median(gpu):.4f} ms", flush=True)
 
-
-def profile(label, runner):
-    from torch.profiler import ProfilerActivity, profile as torch_profile
-    p = runner.prepare(x)
+from torch.profiler import ProfilerActivity, profile
+for label, r in runners.items():
+    if not getattr(r, "cuda_graph", False):
+        continue
+    p = r.prepare(x)
     with torch.inference_mode():
         for _ in range(3):
-            runner.model(p)
+            r.model(p)
         torch.cuda.synchronize()
-        with torch_profile(activities=[ProfilerActivity.CUDA]) as prof:
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
             for _ in range(10):
-                runner.model(p)
+                r.model(p)
             torch.cuda.synchronize()
-    total, count = 0.0, 0
+    kinds = {}
     for e in prof.key_averages():
         if e.device_time_total <= 0 or e.key.startswith(("Memcpy", "Memset", "cuda", "Activity")):
             continue
-        total += e.device_time_total / 10 / 1000
-        count += e.count / 10
-    print(f"{label}: kernels per call {count:.0f}, kernel time per call {total:.4f} ms", flush=True)
-    print(prof.key_averages().table(sort_by="device_time_total", row_limit=10, max_name_column_width=70), flush=True)
-
-
-compare(runners)
-for label in ("torch-aoti fp16", "cudnn-fused fp16"):
-    if label in runners:
-        profile(label, runners[label])
-
-onnx = "results/onnx/yolov3-416.onnx"
-if time.time() < deadline - 150 and "cudnn-fused fp16" in runners:
-    begin = time.time()
-    done = subprocess.run([sys.executable, "-m", "yoloforge", "build", "--engine", "cudnn-fused", "--onnx", onnx,
-                           "--precision", "fp16", "--batch", "1", "--option", "compile=true",
-                           "--output", "/tmp/compiled.engine"], capture_output=True, text=True)
-    print(f"cudnn-fused fp16 compile=true: build exit {done.returncode} after {time.time() - begin:.0f} s;",
-          done.stderr.strip().splitlines()[-1:] if done.stderr else "", flush=True)
-    if done.returncode == 0 and time.time() < deadline - 60:
-        begin = time.time()
-        compiled = get_backend("cudnn-fused").load("/tmp/compiled.engine")
-        compiled.run(compiled.prepare(x)); compiled.synchronize()
-        print(f"compile=true loaded and captured in {time.time() - begin:.0f} s", flush=True)
-        compare({**runners, "cudnn-fused fp16 compile=true": compiled})
-else:
-    print("no time left for the compile=true engine", flush=True)
+        kind = "triton" if e.key.startswith("triton_") else ("torch-elementwise" if "elementwise" in e.key or "vectorized" in e.key or "CatArray" in e.key or "index" in e.key.lower() else "conv/other")
+        t, n = kinds.get(kind, (0.0, 0))
+        kinds[kind] = (t + e.device_time_total / 10 / 1000, n + e.count / 10)
+    total = sum(t for t, _ in kinds.values())
+    print(f"{label}: kernel time per call {total:.4f} ms in {sum(n for _, n in kinds.values()):.0f} kernels; " + "; ".join(
+        f"{k} {t:.4f} ms in {n:.0f}" for k, (t, n) in kinds.items()), flush=True)
+    print(prof.key_averages().table(sort_by="device_time_total", row_limit=12, max_name_column_width=70), flush=True)
