@@ -143,3 +143,32 @@ def test_unsupported_op_is_named_with_the_file(tmp_path):
     with pytest.raises(YoloforgeError, match="Softmax"):
         _build("torch-eager", path, "fp32", 1, output)
     assert list(output.parent.iterdir()) == []
+
+
+@pytest.mark.parametrize("scale", [2, 3, 7])
+def test_resize_by_whole_scales_equals_onnx_runtime_exactly(tmp_path, scale):
+    """Darknet's upsample as ONNX Resize (nearest, asymmetric, floor): the module's one-kernel
+    nearest-exact interpolation must pick the same source pixels, at every output size here."""
+    import onnxruntime
+
+    images = helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, 19, 13])
+    detections = helper.make_tensor_value_info("detections", TensorProto.FLOAT, None)
+    scales = helper.make_tensor("scales", TensorProto.FLOAT, [4], [1, 1, scale, scale])
+    node = helper.make_node(
+        "Resize",
+        ["images", "", "scales"],
+        ["detections"],
+        mode="nearest",
+        coordinate_transformation_mode="asymmetric",
+        nearest_mode="floor",
+    )
+    graph = helper.make_graph([node], "resize", [images], [detections], initializer=[scales])
+    path = tmp_path / "resize.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), path)
+    values = np.random.default_rng(scale).random((2, 3, 19, 13), dtype=np.float32)
+    expected = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {"images": values}
+    )[0]
+    with torch.inference_mode():
+        resized = onnx_module(path)(torch.from_numpy(values)).numpy()
+    np.testing.assert_array_equal(resized, expected)

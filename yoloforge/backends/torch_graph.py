@@ -76,7 +76,7 @@ def _max_pool(node, attrs, const):
 
 
 def _resize(node, attrs, const):
-    import torch
+    import torch.nn.functional as F
 
     settings = (
         attrs.get("mode", b"nearest"),
@@ -89,16 +89,12 @@ def _resize(node, attrs, const):
     scales = const(inputs[2]).tolist()
     if scales[:2] != [1, 1] or any(s != int(s) or s < 1 for s in scales[2:]):
         raise ValueError(f"Resize by scales {scales} (only whole-number spatial scales)")
-    # With a whole-number scale s, asymmetric/floor picks source pixel floor(i / s) for output
-    # pixel i: exactly each pixel repeated s times along that axis.
-    repeats = [(axis, int(s)) for axis, s in enumerate(scales) if s != 1]
-
-    def resize(x):
-        for axis, count in repeats:
-            x = torch.repeat_interleave(x, count, dim=axis)
-        return x
-
-    return resize, inputs[:1]
+    # With a whole-number scale s, asymmetric/floor takes source pixel floor(i / s) for output
+    # pixel i, and so does nearest-exact, floor((i + 0.5) / s), since (r + 0.5) / s < 1 for every
+    # remainder r < s; it stays exact in float arithmetic, as the fraction is at least 0.5 / s
+    # away from a whole number. One kernel, in the input's memory format.
+    factors = tuple(float(s) for s in scales[2:])
+    return (lambda x: F.interpolate(x, scale_factor=factors, mode="nearest-exact")), inputs[:1]
 
 
 def _reshape(node, attrs, const):
