@@ -7,7 +7,7 @@ add the bias and apply the activation after each cuDNN convolution (yolov3-416 f
 of our graph (torch_graph) is one cuDNN operation graph, conv_fprop -> bias -> ReLU/leaky ReLU ->
 add, which cuDNN compiles for the engine's fixed shapes (its runtime fusion engines). The other
 operators (routes, upsampling, the YOLO heads) run as torch operations, compiled by torch.compile
-where the build option `compile` is true, and the runner replays the whole forward pass as one
+unless the build option `compile` is false, and the runner replays the whole forward pass as one
 CUDA graph.
 
 The engine file is a zip of the ONNX file and the plan chosen for each distinct chain. At build,
@@ -342,7 +342,9 @@ class CudnnFusedBackend(_TorchBackend):
         import torch
 
         flags = {**self._flags(request), "batch": request.batch}
-        flags["compile"] = _switch(request, "compile", default=False)
+        # yolov3-416 fp16 at batch 1 on an H200: 0.557 ms compiled against 0.627 ms (torch.compile
+        # fuses the heads' 31 elementwise kernels into 4), for about 9 s of compiling at each load.
+        flags["compile"] = _switch(request, "compile", default=True)
         _configure(flags)
         chains = CudnnChains(getattr(torch, flags["dtype"]))
         module = _module_for(request.onnx, flags, fuse=chains.fuse)

@@ -1,5 +1,5 @@
 # usage (repository root, GPU machine): bash start.sh SECONDS
-# Installs the carried wheels, runs the cudnn-fused engine's GPU tests, starts the Snakemake run in
+# Installs the carried wheels, starts the Snakemake run in
 # a process session of its own (it outlives this command) and waits for it (wait.sh).
 export PYTHONUNBUFFERED=1
 here=docs/results/nvidia-h200/run-2026-12-03/scripts
@@ -8,9 +8,6 @@ export PYTHONPATH=/tmp/site
 mkdir -p /tmp/run
 nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.max.sm,power.draw,power.limit,temperature.gpu --format=csv | tee /tmp/run/gpu-start.csv
 python3 -c "import torch, cudnn; print('torch', torch.__version__, 'cudnn-frontend', cudnn.__version__, 'cudnn', cudnn.backend_version_string())" 2>&1 | tail -1
-echo "== GPU tests of cudnn-fused, $(date -u +%T)"
-timeout 300 python3 -m pytest -n 0 -p no:cacheprovider -q --durations=5 tests/test_cudnn_fused.py > /tmp/run/gpu-tests.txt 2>&1
-tail -30 /tmp/run/gpu-tests.txt
 setsid nohup nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu,utilization.gpu --format=csv -l 5 > /tmp/run/clocks.csv 2>&1 < /dev/null &
 date -u +%FT%TZ > /tmp/run/started
 setsid nohup bash $here/snakemake.sh /tmp/run/run1.log /tmp/run/rc1 < /dev/null > /dev/null 2>&1 &

@@ -2,7 +2,7 @@
 # again (it must find nothing to do), time the batch-1 engines side by side, and pack everything.
 limit=$1; start=$SECONDS
 here=docs/results/nvidia-h200/run-2026-12-03/scripts
-export PYTHONPATH=/tmp/site PYTHONUNBUFFERED=1
+export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 while [ ! -f /tmp/run/rc1 ] && [ $((SECONDS-start)) -lt $((limit-60)) ]; do
   sleep 15
   echo "$(date -u +%T) $(grep -E 'steps \(' /tmp/run/run1.log | tail -1)"
@@ -13,7 +13,7 @@ if [ -f /tmp/run/rc1 ] && [ ! -f /tmp/run/rc2 ]; then
   echo "run2 rc=$(cat /tmp/run/rc2)"; tail -3 /tmp/run/run2.log
 fi
 if [ -f /tmp/run/rc2 ] && [ ! -f /tmp/run/batch1.txt ] && [ $((SECONDS-start)) -lt $((limit-150)) ]; then
-  timeout $((limit-60-(SECONDS-start))) python3 $here/batch1.py $((limit-90-(SECONDS-start))) > /tmp/run/batch1.txt 2>&1
+  timeout $((limit-60-(SECONDS-start))) python3 $here/batch1.py results/engines/local/*/torch-eager/yolov3-416-fp32-b1.engine results/engines/local/*/torch-aoti/yolov3-416-fp16-b1.engine results/engines/local/*/cudnn-fused/yolov3-416-fp16-b1.engine > /tmp/run/batch1.txt 2>&1
   grep -v -i warn /tmp/run/batch1.txt | tail -40
 fi
 grep -E "Error|error:|Traceback" /tmp/run/run1.log | head -10
