@@ -275,13 +275,15 @@ class UnevenNmsRunner(PipelineRunner):
 
 
 def test_pipelined_throughput_absorbs_a_stage_that_is_slow_on_alternate_batches():
-    # NMS averages 20 ms, as inference takes, but takes 35 ms on every other batch: a pipeline
-    # one batch deep waits for it (about 27.5 ms a batch); PIPELINE_DEPTH batches absorb it.
+    # NMS averages 40 ms, as inference takes, but takes 70 ms on every other batch: a pipeline
+    # one batch deep waits for it (about 55 ms a batch); PIPELINE_DEPTH batches absorb it. (At
+    # half these times, a CI run on a loaded 2-core machine measured 85% of the expected pace:
+    # thread wake-ups of a few ms weigh twice as much there.)
     assert PIPELINE_DEPTH >= 2
     batch = 2
-    runner = UnevenNmsRunner(0.02, 0.035, 0.005)
-    images, seconds = measure_pipelined(runner, [b""] * 3, 64, 48, batch, TimingBudget(0, 0.8, 5))
-    assert images / seconds == pytest.approx(batch * 1000 / 20, rel=0.15)
+    runner = UnevenNmsRunner(0.04, 0.07, 0.01)
+    images, seconds = measure_pipelined(runner, [b""] * 3, 64, 48, batch, TimingBudget(0, 1.6, 5))
+    assert images / seconds == pytest.approx(batch * 1000 / 40, rel=0.15)
 
 
 def test_end_to_end_record_reports_the_pipelined_throughput():
