@@ -43,17 +43,21 @@ def _check_2d(node, attrs: dict[str, Any], kernel_rank: int) -> None:
 
 
 def _conv(node, attrs, const):
-    import torch.nn.functional as F
-
     _check_2d(node, attrs, const(node.input[1]).ndim - 2)
     begin, end = _begin_end(attrs.get("pads", [0, 0, 0, 0]))
     stride = attrs.get("strides", [1, 1])
     dilation = attrs.get("dilations", [1, 1])
-    groups = attrs.get("group", 1)
+    return _convolution(begin, end, stride, dilation, attrs.get("group", 1)), node.input
+
+
+def _convolution(begin: list[int], end: list[int], stride, dilation, groups: int = 1):
+    """conv2d(x, kernel, bias) with ONNX's pads; asymmetric ones as an explicit pad first."""
+    import torch.nn.functional as F
+
     if begin == end:
-        return (lambda x, w, b=None: F.conv2d(x, w, b, stride, begin, dilation, groups)), node.input
+        return lambda x, w, b=None: F.conv2d(x, w, b, stride, begin, dilation, groups)
     pad = _torch_pad(begin, end)
-    return (lambda x, w, b=None: F.conv2d(F.pad(x, pad), w, b, stride, 0, dilation, groups)), node.input
+    return lambda x, w, b=None: F.conv2d(F.pad(x, pad), w, b, stride, 0, dilation, groups)
 
 
 def _max_pool(node, attrs, const):
@@ -206,18 +210,19 @@ class ConvChain:
     residual: bool
 
 
-# Makes the fused function of a chain; None leaves the chain's nodes unfused.
-Fuser = Callable[[ConvChain], Callable[..., Any] | None]
+# Makes the fused function of a chain.
+Fuser = Callable[[ConvChain], Callable[..., Any]]
 
 
 def chain_in_torch(chain: ConvChain) -> Callable[..., Any]:
-    """The chain in separate torch operations: what a fused implementation must equal."""
+    """The chain in separate torch operations, as the unfused module runs it: what a fused
+    implementation must equal."""
     import torch.nn.functional as F
 
-    pad = _torch_pad(list(chain.pre_padding), list(chain.post_padding))
+    convolve = _convolution(list(chain.pre_padding), list(chain.post_padding), chain.stride, chain.dilation)
 
     def run(x, kernel, bias, residual=None):
-        y = F.conv2d(F.pad(x, pad) if any(pad) else x, kernel, bias, chain.stride, 0, chain.dilation)
+        y = convolve(x, kernel, bias)
         if chain.activation:
             y = F.leaky_relu(y, chain.negative_slope)
         return y if residual is None else y + residual
@@ -367,8 +372,6 @@ def _fused_step(nodes: list, index: int, uses: Counter, constants: dict, channel
         return None
     chain, inputs, last = found
     function = fuse(chain)
-    if function is None:
-        return None
     padding = _pad_conv_channels(conv, constants, channel_multiple)
     if padding:
         function = _padded(function, *padding)
