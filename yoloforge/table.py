@@ -11,14 +11,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from yoloforge.backends import baselines
 from yoloforge.device import fingerprint_id
 from yoloforge.errors import YoloforgeError
 from yoloforge.files import atomic_output
 from yoloforge.timing import STAGES
 
-# The unoptimized reference each row is compared with, by the kind of device it ran on: the
-# article's Darknet (OpenCV DNN reads cfg + weights) on a CPU, PyTorch eager on a GPU.
-BASELINES = {"cpu": ("opencv-darknet", "fp32"), "cuda": ("torch-eager", "fp32")}
+# The unoptimized reference each row is compared with, by the kind of device it ran on, as the
+# engines declare it (the article's Darknet through OpenCV DNN on a CPU, PyTorch eager on a GPU).
+BASELINES = baselines()
 ROW = ["target", "model", "width", "height", "engine", "precision", "batch", "scope"]
 ACCURACY_KEY = ["target", "model", "width", "height", "engine", "precision"]
 STAGE_COLUMNS = [f"stage_{stage}_ms" for stage in STAGES]
