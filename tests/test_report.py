@@ -641,12 +641,14 @@ def test_summary_decides_for_the_fastest_passing_row_from_the_table(synthetic_re
     warnings = [line for line in text.splitlines() if line.startswith("**Warning:**")]
     assert len(warnings) == 2
     assert f"busy (busy CPU), 3 rounds a row: round drift {drift['busy']:.3f}, far above" in warnings[0]
-    assert "few 32x32: agreement rests on 4 reference boxes over 8 images, too few" in warnings[1]
-    assert f"quiet (quiet CPU), 3 rounds a row: round drift {drift['quiet']:.3f} (quiet" in text
+    assert "the accuracy figures of few 32x32 rest on fewer than 100 reference boxes" in warnings[1]
+    assert "- few 32x32: agreement on 4 reference boxes over 8 images (too few: under 100)." in text
+    assert "- tiny 64x64: agreement on 350 reference boxes over 8 images." in text
+    assert f"quiet (quiet CPU), 3 rounds a row: round drift {drift['quiet']:.3f}: quiet" in text
     # Unavailable rows are listed once per engine with their reason, not decided on.
     [unavailable] = _markdown_rows(text.split("## Unavailable here")[1], "target")
     assert unavailable == {
-        "target": "quiet", "engine": "tensorrt fp16", "reason": TENSORRT_REASON, "rows": "4 (tiny 64)"
+        "target": "quiet", "engine": "tensorrt fp16", "reason": TENSORRT_REASON, "rows": "4 (tiny 64x64)"
     }  # fmt: skip
 
 

@@ -220,6 +220,8 @@ def accuracy_plot(timed: pd.DataFrame) -> str:
     fail (x). Only the Pareto front (no row both faster and more accurate) is labelled, so labels of
     the many rows that sit on top of each other (fp32 engines agreeing to 1.000) cannot pile up."""
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     rows = _smallest_batch(timed[timed["scope"] == "model"])
     coco = rows["coco_map50_95"].notna().any()
@@ -244,23 +246,29 @@ def accuracy_plot(timed: pd.DataFrame) -> str:
                 s=50,
                 linewidths=2 if failing[index] else None,
             )
-        for rank, index in enumerate(pareto_front(part, "ms_per_image", metric)):
+        front = pareto_front(part, "ms_per_image", metric)
+        for rank, index in enumerate(front):
             row = part.loc[index]
+            # The slowest point sits at the right edge: its label goes to its left, inside the panel.
+            last = rank == len(front) - 1 and len(front) > 1
             axis.annotate(
                 f"{row['engine']} {row['precision']}" + (FAIL_MARK if failing[index] else ""),
                 (row["ms_per_image"], row[metric]),
                 fontsize=7,
                 color=FAIL_COLOR if failing[index] else "black",
-                xytext=(6, -12 if rank % 2 else 6),  # alternate below and above: neighbours apart
+                xytext=(-6 if last else 6, -12 if rank % 2 else 6),  # alternate below and above
                 textcoords="offset points",
+                ha="right" if last else "left",
             )
         axis.set_xscale("log")
+        axis.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+        axis.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
+        axis.xaxis.set_minor_formatter(NullFormatter())  # a narrow log axis labels its minor ticks too
+        axis.margins(x=0.15, y=0.1)
         axis.set_title(f"{model} {width}x{height}", fontsize=10)
         axis.set_xlabel(f"ms per image (model scope, p50, batch {part['batch'].min()})")
         axis.grid(alpha=0.3)
     axes[0][0].set_ylabel("COCO mAP@[.5:.95]" if coco else "mAP50 agreement with the reference")
-    from matplotlib.lines import Line2D
-
     handles = [
         Line2D([], [], color=colours(i % colours.N), marker="o", linestyle="", label=f"{e} {p}")
         for i, (e, p) in enumerate(engines)

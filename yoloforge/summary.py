@@ -42,7 +42,16 @@ class Summary:
     unavailable: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     def warnings(self) -> list[str]:
-        return [note.text for note in [*self.drift, *self.accuracy] if note.warning]
+        """Each drift warning, and one for every accuracy figure that rests on too few boxes."""
+        warnings = [note.text for note in self.drift if note.warning]
+        few = [note.text.split(":")[0] for note in self.accuracy if note.warning]
+        if few:
+            warnings.append(
+                f"the accuracy figures of {', '.join(few)} rest on fewer than {MIN_REFERENCE_BOXES}"
+                " reference boxes, too few to mean much: one box found or missed moves them by more than"
+                " the gate allows. Score more images, or sizes and weights where the model finds objects."
+            )
+        return warnings
 
 
 def _name(row: pd.Series) -> str:
@@ -182,13 +191,13 @@ def drift_notes(table: pd.DataFrame) -> list[Note]:
             notes.append(
                 Note(
                     f"{text}, far above a quiet machine's (warning above {DRIFT_WARNING}): the machine was"
-                    " busy or its speed changed during the run; intervals are wide and rankings of close"
-                    " engines are not to be trusted. Rerun on a quiet machine.",
+                    " busy or changed speed during the run, so intervals are wide and close engines cannot"
+                    " be ranked. Rerun on a quiet machine.",
                     warning=True,
                 )
             )
         else:
-            notes.append(Note(f"{text} (quiet: at most {DRIFT_WARNING})."))
+            notes.append(Note(f"{text}: quiet (a run is flagged as noisy above {DRIFT_WARNING})."))
     return notes
 
 
@@ -205,19 +214,15 @@ def accuracy_notes(table: pd.DataFrame) -> list[Note]:
             notes.append(
                 Note(f"{where}: {images}; reference box count not recorded (an older accuracy result).")
             )
-        elif boxes.min() < MIN_REFERENCE_BOXES:
-            notes.append(
-                Note(
-                    f"{where}: agreement rests on {int(boxes.min())} reference boxes over {images}, too few"
-                    f" to mean much (fewer than {MIN_REFERENCE_BOXES}: one box moves it by more than the"
-                    " gate allows). Use more images, or real weights that find objects in them.",
-                    warning=True,
-                )
-            )
         else:
             coco = f"COCO mAP on {images}; " if row["coco_map50_95"] == row["coco_map50_95"] else ""
+            few = boxes.min() < MIN_REFERENCE_BOXES
             notes.append(
-                Note(f"{where}: {coco}agreement on {int(boxes.min())} reference boxes over {images}.")
+                Note(
+                    f"{where}: {coco}agreement on {int(boxes.min())} reference boxes over {images}"
+                    + (f" (too few: under {MIN_REFERENCE_BOXES})." if few else "."),
+                    warning=few,
+                )
             )
     return notes
 
@@ -230,7 +235,9 @@ def unavailable_engines(table: pd.DataFrame) -> pd.DataFrame:
         ["target", "engine", "precision", "unavailable"], sort=True
     ):
         models = ", ".join(
-            dict.fromkeys(f"{m} {w}" for m, w in zip(part["model"], part["width"], strict=True))
+            dict.fromkeys(
+                f"{m} {w}x{h}" for m, w, h in zip(part["model"], part["width"], part["height"], strict=True)
+            )
         )
         lines.append(
             {
