@@ -18,6 +18,7 @@ from yoloforge.darknet.convert import convert
 from yoloforge.datasets import write_image_set
 from yoloforge.errors import YoloforgeError
 from yoloforge.report import FAIL_MARK, write_report
+from yoloforge.summary import summarize
 from yoloforge.table import build_table, read_table
 
 ENGINES = ("onnxruntime", "opencv-darknet")
@@ -497,11 +498,11 @@ SYNTHETIC_BOXES = {"tiny": 350, "few": 4}
 TENSORRT_REASON = "tensorrt is not installed (its wheels come only from NVIDIA's package index)"
 
 
-def _synthetic_results(folder):
+def _synthetic_results(folder, synthetic_rounds=SYNTHETIC_ROUNDS):
     """Bench, unavailable and accuracy JSONs as the workflow writes them, for SYNTHETIC_*."""
     folder.mkdir()
     results, accuracy = [], []
-    for (target, model, size, engine, precision, batch), rounds in SYNTHETIC_ROUNDS.items():
+    for (target, model, size, engine, precision, batch), rounds in synthetic_rounds.items():
         scopes = []
         for scope, factor in (("model", 1.0), ("end-to-end", 1.5)):
             medians = [factor * median for median in rounds]
@@ -685,3 +686,17 @@ def test_screenshot_of_the_reports_top_shows_the_decision(synthetic_report, tmp_
     assert shown["decision_bottom"] < 1000
     assert len(shown["warnings"]) == 2 and all("Warning:" in w for w in shown["warnings"])
     assert screenshot.read_bytes().startswith(b"\x89PNG") and screenshot.stat().st_size > 20_000
+
+
+def test_rows_of_one_round_get_no_confidence_and_a_warning(tmp_path):
+    rounds = {
+        key: medians[:1] for key, medians in SYNTHETIC_ROUNDS.items() if key[0] == "quiet" and key[-1] == 1
+    }
+    results, accuracy = _synthetic_results(tmp_path / "results", rounds)
+    summary = summarize(build_table(results, accuracy))
+    decisions = summary.decisions
+    assert set(decisions["deploy"]) == {"onnxruntime fp32"}
+    assert set(decisions["confidence"]) == {"unknown: no rerun interval (one round a row)"}
+    assert decisions["over the next"].str.fullmatch(r"\d\.\d\dx over openvino fp32").all()  # no range
+    [warning] = [w for w in summary.warnings() if "round" in w]
+    assert warning.startswith("quiet (quiet CPU), 1 round a row: no round drift, so no rerun intervals")

@@ -182,7 +182,11 @@ def drift_notes(table: pd.DataFrame) -> list[Note]:
         where = f"{target} ({device}), {rounds} round{'' if counts == [1] else 's'} a row"
         if drift.empty:
             notes.append(
-                Note(f"{where}: no round drift (one round a row), so no rerun intervals and no confidence.")
+                Note(
+                    f"{where}: no round drift, so no rerun intervals and no confidence in any ranking."
+                    " Time each row in two or more rounds (timing.rounds) to know how far a rerun moves.",
+                    warning=True,
+                )
             )
             continue
         value = float(drift.iloc[0])
