@@ -2,11 +2,13 @@
 
 import html
 import json
+import os
 import re
 import shutil
 import socket
 import subprocess
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -567,11 +569,79 @@ def _markdown_rows(text: str, first_header: str) -> list[dict[str, str]]:
     return rows
 
 
+def _has_interval(row) -> bool:
+    return not (pd.isna(row["rerun_low_ms"]) or pd.isna(row["rerun_high_ms"]))
+
+
 def _expected_confidence(chosen, runner_up) -> str:
     """The confidence words the rerun intervals of the two rows call for (docs/reading-results.md)."""
+    if not (_has_interval(chosen) and _has_interval(runner_up)):
+        return "unknown: no rerun interval (one round a row)"
     if chosen["rerun_high_ms"] < runner_up["rerun_low_ms"]:
         return "clear: intervals do not overlap"
     return f"within noise of {runner_up['engine']} {runner_up['precision']}: intervals overlap"
+
+
+def _check_summary_against_table(table: pd.DataFrame, text: str) -> set[str]:
+    """Check every decision of the summary `text` against `table`, worked out here from the table's
+    own columns; return the kinds of confidence met."""
+    name = lambda row: f"{row['engine']} {row['precision']}"  # noqa: E731
+    decisions = _markdown_rows(text, "model" if table["target"].nunique() == 1 else "target")
+    timed = table[table["median_ms"].notna()]
+    groups = timed.groupby(["target", "model", "width", "height", "batch", "scope"])
+    assert len(decisions) == groups.ngroups
+    confidences = set()
+    for (target, model, width, height, batch, scope), rows in groups:
+        [decision] = [
+            d
+            for d in decisions
+            if (d.get("target", target), d["model"], d["size"], d["batch"], d["scope"])
+            == (target, model, f"{width}x{height}", str(batch), scope)
+        ]
+        checked = rows["accuracy_gate"].notna().any()
+        passing = rows[rows["accuracy_gate"].eq("pass") | (not checked)].sort_values("ms_per_image")
+        if passing.empty:
+            assert decision["deploy"].startswith("none"), decision
+            continue
+        chosen = passing.iloc[0]
+        assert decision["deploy"] == name(chosen) + ("" if checked else " (accuracy not measured)")
+        if len(passing) > 1:
+            # Margins: ratios of p50 ms per image, ranges from the rerun intervals' far ends.
+            runner_up = passing.iloc[1]
+            ratio = runner_up["ms_per_image"] / chosen["ms_per_image"]
+            margin = f"{ratio:.2f}x over {name(runner_up)}"
+            if _has_interval(chosen) and _has_interval(runner_up):
+                low = runner_up["rerun_low_ms"] / chosen["rerun_high_ms"]
+                high = runner_up["rerun_high_ms"] / chosen["rerun_low_ms"]
+                margin += f" ({low:.2f}-{high:.2f}x)"
+                assert decision["confidence"].startswith("clear") == (low > 1)  # the range says the same
+            assert decision["over the next"] == margin
+            expected = _expected_confidence(chosen, runner_up)
+            assert decision["confidence"] == expected, decision
+            confidences.add(expected.split(":")[0].split(" of ")[0])
+        if chosen["baseline"] == name(chosen):
+            assert decision["over the baseline"] == "is the baseline"
+        elif (rows["engine"] + " " + rows["precision"]).eq(chosen["baseline"]).any():
+            # The margin over the baseline is the table's speedup.
+            assert decision["over the baseline"].startswith(
+                f"{chosen['speedup']:.2f}x over {chosen['baseline']}"
+            )
+        # A faster row that fails the gate is never chosen, and is named with its margin.
+        failing = rows[rows["accuracy_gate"].str.startswith("fail", na=False)]
+        for _, row in failing[failing["ms_per_image"] < chosen["ms_per_image"]].iterrows():
+            faster = chosen["ms_per_image"] / row["ms_per_image"]
+            assert f"{name(row)} ({faster:.2f}x faster): fails the gate" in decision["faster, not deployable"]
+        assert not failing["engine"].add(" " + failing["precision"]).eq(decision["deploy"]).any()
+    # Unavailable rows: none decided on, each engine listed with its reason.
+    unavailable = table[table["unavailable"].notna()]
+    if len(unavailable):
+        listed = _markdown_rows(
+            text.split("## Unavailable here")[1], "engine" if "target" not in decisions[0] else "target"
+        )
+        pairs = {(row["engine"], row["reason"]) for row in listed}
+        for _, row in unavailable.iterrows():
+            assert (name(row), row["unavailable"]) in pairs
+    return confidences
 
 
 @pytest.fixture(scope="module")
@@ -590,51 +660,11 @@ def synthetic_report(tmp_path_factory):
 def test_summary_decides_for_the_fastest_passing_row_from_the_table(synthetic_report):
     table, _, summary = synthetic_report
     text = summary.read_text()
+    # The synthetic rows exercise both ends of the scale; the failing, fastest row is never chosen.
+    assert _check_summary_against_table(table, text) == {"clear", "within noise"}
     decisions = _markdown_rows(text, "target")
-    timed = table[table["median_ms"].notna()]
-    groups = timed.groupby(["target", "model", "width", "batch", "scope"])
-    assert len(decisions) == groups.ngroups == 6
-    confidences = set()
-    for (target, model, width, batch, scope), rows in groups:
-        [decision] = [
-            d
-            for d in decisions
-            if (d["target"], d["model"], d["size"], d["batch"], d["scope"])
-            == (target, model, f"{width}x{width}", str(batch), scope)
-        ]
-        passing = rows[rows["accuracy_gate"] == "pass"].sort_values("ms_per_image")
-        chosen, runner_up = passing.iloc[0], passing.iloc[1]
-        assert decision["deploy"] == f"{chosen['engine']} {chosen['precision']}"
-        # Margins: ratios of p50 ms per image, ranges from the rerun intervals' far ends.
-        ratio = runner_up["ms_per_image"] / chosen["ms_per_image"]
-        low = runner_up["rerun_low_ms"] / chosen["rerun_high_ms"]
-        high = runner_up["rerun_high_ms"] / chosen["rerun_low_ms"]
-        name = f"{runner_up['engine']} {runner_up['precision']}"
-        assert decision["over the next"] == f"{ratio:.2f}x over {name} ({low:.2f}-{high:.2f}x)"
-        if chosen["engine"] == "opencv-darknet":
-            assert decision["over the baseline"] == "is the baseline"
-        else:
-            assert decision["over the baseline"].startswith(
-                f"{chosen['speedup']:.2f}x over opencv-darknet fp32 ("
-            )
-        expected = _expected_confidence(chosen, runner_up)
-        assert decision["confidence"] == expected, decision
-        assert decision["confidence"].startswith("clear") == (low > 1)  # the range says the same
-        confidences.add(expected.split(":")[0].split(" of ")[0])
-        # A faster row that fails the gate is never chosen, and is named with its margin.
-        failing = rows[
-            rows["accuracy_gate"].str.startswith("fail") & (rows["ms_per_image"] < chosen["ms_per_image"])
-        ]
-        for _, row in failing.iterrows():
-            faster = chosen["ms_per_image"] / row["ms_per_image"]
-            assert (
-                f"{row['engine']} {row['precision']} ({faster:.2f}x faster): fails the gate"
-                in decision["faster, not deployable"]
-            )
-        assert len(failing) == (model == "tiny")
-    # The synthetic rows exercise both ends of the scale.
-    assert confidences == {"clear", "within noise"}
-    assert "openvino int8" not in {d["deploy"] for d in decisions}
+    assert len(decisions) == 6 and "openvino int8" not in {d["deploy"] for d in decisions}
+    assert sum("openvino int8" in d["faster, not deployable"] for d in decisions) == 4
 
     # The busy target's drift is far above a quiet machine's, and "few" rests on 4 boxes.
     drift = table.groupby("target")["round_drift"].first()
@@ -700,3 +730,37 @@ def test_rows_of_one_round_get_no_confidence_and_a_warning(tmp_path):
     assert decisions["over the next"].str.fullmatch(r"\d\.\d\dx over openvino fp32").all()  # no range
     [warning] = [w for w in summary.warnings() if "round" in w]
     assert warning.startswith("quiet (quiet CPU), 1 round a row: no round drift, so no rerun intervals")
+
+
+# Each device's committed run (docs/results/<device>/benchmark.parquet and its bench/ latencies).
+COMMITTED_RUNS = sorted((ROOT / "docs" / "results").glob("*/benchmark.parquet"))
+
+
+@pytest.mark.parametrize("table_file", COMMITTED_RUNS, ids=lambda path: path.parent.name)
+def test_report_of_a_committed_run_decides_from_its_table(table_file, tmp_path):
+    """The report and summary remade from a committed run's files, as docs/reading-results.md says,
+    checked against that run's table and, with Chromium, photographed at the top. With
+    YOLOFORGE_SCREENSHOTS=DIR the screenshot is also copied to DIR/<device>-report-top.png."""
+    latencies = [
+        str(path)
+        for path in sorted(table_file.parent.glob("bench/**/*.parquet"))
+        if not path.name.startswith("round-")
+    ]
+    report, summary = tmp_path / "report.html", tmp_path / "summary.md"
+    args = ["report", "--table", str(table_file), "--output", str(report), "--summary", str(summary)]
+    assert main([*args, *latencies]) == 0
+    table = read_table(table_file)
+    _check_summary_against_table(table, summary.read_text())
+    if CHROMIUM is None:
+        return
+    screenshot = tmp_path / "report-top.png"
+    shown, errors = _open_in_chromium(report, tmp_path / "profile", SHOWN, screenshot)
+    print(f"screenshot of the report's top: {screenshot}")
+    assert errors == [] and shown["decisions"]
+    first_column = "model" if table["target"].nunique() == 1 else "target"
+    decisions = _markdown_rows(summary.read_text(), first_column)
+    assert shown["decisions"] == [list(row.values()) for row in decisions]
+    if os.environ.get("YOLOFORGE_SCREENSHOTS"):
+        folder = Path(os.environ["YOLOFORGE_SCREENSHOTS"])
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copy(screenshot, folder / f"{table_file.parent.name}-report-top.png")

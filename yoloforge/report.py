@@ -26,7 +26,7 @@ figcaption { font-weight: bold; margin-bottom: 0.5em; }
 .note { color: #555; font-size: 0.9em; }
 .warning { background: #fff3cd; border-left: 4px solid #d9822b; padding: 0.4em 0.8em; }
 #decision td, #decision th, #unavailable td, #unavailable th { text-align: left; }
-#decision td.deploy { font-weight: bold; white-space: nowrap; }
+#decision td.deploy { font-weight: bold; min-width: 10em; }
 tr.fails td { background: #fde2e2; }
 tr.fails td.accuracy { color: #a40000; font-weight: bold; }
 """

@@ -96,8 +96,11 @@ def _is_baseline(row: pd.Series) -> bool:
     return isinstance(row.get("baseline"), str) and row["baseline"] == _name(row)
 
 
-def _decide(group: pd.DataFrame, checked: bool) -> dict[str, str]:
-    """One decision row: the fastest deployable row of one model, size, batch and scope."""
+def _decide(group: pd.DataFrame) -> dict[str, str]:
+    """One decision row: the fastest deployable row of one model, size, batch and scope. Deployable
+    rows pass the accuracy gate; where no row has an accuracy result, the decision is on speed alone
+    and says so."""
+    checked = bool(group["accuracy_gate"].notna().any())
     timed = group[group["median_ms"].notna()].sort_values("ms_per_image")
     deployable = timed[gate_passes(timed)] if checked else timed
     cells = {"deploy": "", "p50 ms/img (rerun 95%)": "", "over the next": "", "over the baseline": ""}
@@ -106,7 +109,7 @@ def _decide(group: pd.DataFrame, checked: bool) -> dict[str, str]:
         cells["deploy"] = "none: no timed row passes the accuracy gate"
     else:
         chosen = deployable.iloc[0]
-        cells["deploy"] = _name(chosen)
+        cells["deploy"] = _name(chosen) + ("" if checked else " (accuracy not measured)")
         cells["p50 ms/img (rerun 95%)"] = _latency(chosen)
         if len(deployable) > 1:
             runner_up = deployable.iloc[1]
@@ -133,11 +136,7 @@ def _decide(group: pd.DataFrame, checked: bool) -> dict[str, str]:
 
 
 def decisions(table: pd.DataFrame) -> pd.DataFrame:
-    """Per target (when several), model, size, batch and scope: the decision as text cells.
-
-    Deployable rows pass the accuracy gate; a table with no accuracy result at all decides on
-    speed alone, and its deploy cells say so."""
-    checked = bool(table["accuracy_gate"].notna().any())
+    """Per target (when several), model, size, batch and scope: the decision as text cells."""
     rows = []
     timed = table[table["median_ms"].notna()]
     # The model scope first: it is the engine's own speed, end to end adds the image pipeline.
@@ -159,10 +158,8 @@ def decisions(table: pd.DataFrame) -> pd.DataFrame:
             "size": f"{width}x{height}",
             "batch": str(batch),
             "scope": scope,
-            **_decide(group, checked),
+            **_decide(group),
         }
-        if not checked:
-            cells["deploy"] += " (accuracy not measured)"
         rows.append(cells)
     frame = pd.DataFrame(rows)
     if table["target"].nunique() <= 1:
@@ -177,9 +174,11 @@ def drift_notes(table: pd.DataFrame) -> list[Note]:
     for target, rows in timed.groupby("target"):
         device = ", ".join(str(name) for name in rows["device_name"].dropna().unique()) or "unknown device"
         counts = sorted({int(r) for r in rows["rounds"].dropna()})
-        rounds = "-".join(map(str, counts)) or "?"
+        rounds = "-".join(map(str, counts))
         drift = rows["round_drift"].dropna()
-        where = f"{target} ({device}), {rounds} round{'' if counts == [1] else 's'} a row"
+        where = f"{target} ({device})" + (
+            f", {rounds} round{'' if counts == [1] else 's'} a row" if counts else ""
+        )
         if drift.empty:
             notes.append(
                 Note(
