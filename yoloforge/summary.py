@@ -92,10 +92,6 @@ def _latency(row: pd.Series) -> str:
     return text
 
 
-def _is_baseline(row: pd.Series) -> bool:
-    return isinstance(row.get("baseline"), str) and row["baseline"] == _name(row)
-
-
 def _decide(group: pd.DataFrame) -> dict[str, str]:
     """One decision row: the fastest deployable row of one model, size, batch and scope. Deployable
     rows pass the accuracy gate; where no row has an accuracy result, the decision is on speed alone
@@ -103,8 +99,8 @@ def _decide(group: pd.DataFrame) -> dict[str, str]:
     checked = bool(group["accuracy_gate"].notna().any())
     timed = group[group["median_ms"].notna()].sort_values("ms_per_image")
     deployable = timed[gate_passes(timed)] if checked else timed
-    cells = {"deploy": "", "p50 ms/img (rerun 95%)": "", "over the next": "", "over the baseline": ""}
-    cells["confidence"] = ""
+    columns = ["deploy", "p50 ms/img (rerun 95%)", "over the next", "over the baseline", "confidence"]
+    cells = dict.fromkeys(columns, "")
     if deployable.empty:
         cells["deploy"] = "none: no timed row passes the accuracy gate"
     else:
@@ -117,8 +113,12 @@ def _decide(group: pd.DataFrame) -> dict[str, str]:
             cells["confidence"] = confidence(chosen, runner_up)
         else:
             cells["confidence"] = "only row that passes the gate" if checked else "only row timed"
-        baseline = timed[timed.apply(_is_baseline, axis=1)] if len(timed) else timed
-        if _is_baseline(chosen):
+        # The baseline of the chosen row's kind of device, as its speedup has it.
+        baseline = timed[
+            (timed["engine"] + " " + timed["precision"]).eq(chosen["baseline"])
+            & timed["device_kind"].eq(chosen["device_kind"])
+        ]
+        if chosen["baseline"] == _name(chosen):
             cells["over the baseline"] = "is the baseline"
         elif len(baseline):
             cells["over the baseline"] = margin(chosen, baseline.iloc[0])
