@@ -766,3 +766,14 @@ def test_report_of_a_committed_run_decides_from_its_table(table_file, tmp_path):
         folder = Path(os.environ["YOLOFORGE_SCREENSHOTS"])
         folder.mkdir(parents=True, exist_ok=True)
         shutil.copy(screenshot, folder / f"{table_file.parent.name}-report-top.png")
+
+
+def test_pareto_front_keeps_the_rows_nothing_beats_on_both_speed_and_accuracy():
+    from yoloforge.report import pareto_front
+
+    points = pd.DataFrame(
+        {"ms": [1.0, 2.0, 2.0, 3.0, 4.0, 0.5], "accuracy": [0.9, 0.95, 0.99, 0.97, 1.0, 0.2]},
+        index=list("abcdef"),
+    )
+    # b is beaten by c (as fast, more accurate), d by c (faster, more accurate).
+    assert list(pareto_front(points, "ms", "accuracy")) == ["f", "a", "c", "e"]

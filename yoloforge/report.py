@@ -261,7 +261,7 @@ def accuracy_plot(timed: pd.DataFrame) -> str:
                 ha="right" if last else "left",
             )
         axis.set_xscale("log")
-        axis.xaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
+        axis.xaxis.set_major_locator(LogLocator(subs=(1, 2, 3, 5, 7)))
         axis.xaxis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
         axis.xaxis.set_minor_formatter(NullFormatter())  # a narrow log axis labels its minor ticks too
         axis.margins(x=0.15, y=0.1)
