@@ -37,6 +37,7 @@ ACCURACY_KEYS = {
     "images",
     "images_source",
     "reference",
+    "reference_boxes",
     "coco_map50_95",
     "coco_map50",
     "agreement_precision",

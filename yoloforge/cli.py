@@ -234,10 +234,17 @@ def cmd_table(args: argparse.Namespace) -> None:
 
 def cmd_report(args: argparse.Namespace) -> None:
     from yoloforge.report import write_report
+    from yoloforge.summary import write_summary
     from yoloforge.table import read_table
 
-    plots = write_report(read_table(args.table), args.latencies, args.output)
+    table = read_table(args.table)
+    plots = write_report(table, args.latencies, args.output)
     log.info("wrote %s with plots %s", args.output, ", ".join(plots))
+    log.info(
+        "which engine to deploy%s:\n%s",
+        f" ({args.summary})" if args.summary else "",
+        write_summary(table, args.summary),
+    )
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
@@ -489,6 +496,9 @@ def build_parser() -> argparse.ArgumentParser:
     report = commands.add_parser("report", help="the HTML report: the table and its plots, self-contained")
     report.add_argument("--table", required=True, help="the table (Parquet or CSV)")
     report.add_argument("--output", required=True, help="the HTML file to write")
+    report.add_argument(
+        "--summary", help="also write the decision (which engine to deploy, how sure) as markdown here"
+    )
     report.add_argument("latencies", nargs="*", help="per-iteration latency Parquet files of `bench`")
     report.set_defaults(func=cmd_report)
 
