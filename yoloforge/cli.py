@@ -38,6 +38,13 @@ def _option(text: str) -> str:
     return text
 
 
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    return value
+
+
 def _non_negative_float(text: str) -> float:
     value = float(text)
     if value < 0:
@@ -73,6 +80,9 @@ def cmd_fetch(args: argparse.Namespace) -> None:
         args.cache_dir,
         synthesize=synthesize if args.cfg else None,
         strict=args.strict,
+        binary=args.binary,
+        timeout=args.timeout,
+        deadline=args.deadline,
     )
     log.info("%s: from %s (sha256 %s)", args.output, record.get("origin", "synthetic"), record["sha256"])
 
@@ -409,7 +419,16 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--sha256", help="expected sha256 of the file (not of an archive)")
     fetch.add_argument("--cfg", help="Darknet cfg, for the 'synthetic' weights source")
     fetch.add_argument("--seed", type=int, default=0, help="seed of synthetic weights")
-    fetch.add_argument("--strict", action="store_true", help="refuse the synthetic fallback")
+    fetch.add_argument(
+        "--strict", action="store_true", help="refuse the synthetic fallback and a file without --sha256"
+    )
+    fetch.add_argument("--binary", action="store_true", help="a source that yields text is wrong")
+    fetch.add_argument(
+        "--timeout", type=_positive_float, default=60.0, help="seconds to wait for the next bytes"
+    )
+    fetch.add_argument(
+        "--deadline", type=_positive_float, default=1800.0, help="seconds for one source, retries included"
+    )
     fetch.add_argument("--output", required=True)
     fetch.add_argument("--cache-dir", default="resources/cache")
     fetch.set_defaults(func=cmd_fetch)
