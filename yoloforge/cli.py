@@ -6,7 +6,9 @@ Errors the user can fix come out as one line naming the file and the problem, ex
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -14,6 +16,8 @@ from yoloforge.device import share_cores_when_idle
 from yoloforge.errors import YoloforgeError
 
 log = logging.getLogger("yoloforge")
+# The workflow's rules name here a file descriptor of the console, for the reason a command fails.
+CONSOLE_FD_VARIABLE = "YOLOFORGE_CONSOLE_FD"
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -587,9 +591,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except YoloforgeError as error:
-        print(f"yoloforge: error: {error}", file=sys.stderr)
+        _tell(f"yoloforge: error: {error}")
         return 2
+    except Exception as error:
+        _tell(f"yoloforge: {args.command} failed: {type(error).__name__}: {error}", console_only=True)
+        raise
     return 0
+
+
+def _tell(line: str, console_only: bool = False) -> None:
+    """Print the reason a command fails, also to the console the workflow gives (whose stderr
+    otherwise goes to the job's log only)."""
+    line = " ".join(line.split())
+    if not console_only:
+        print(line, file=sys.stderr)
+    console = os.environ.get(CONSOLE_FD_VARIABLE)
+    if console and console.isdigit():
+        with contextlib.suppress(OSError):
+            os.write(int(console), f"{line}\n".encode())
 
 
 if __name__ == "__main__":
