@@ -183,6 +183,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
         "build_seconds": sidecar["build_seconds"],
         "engine_bytes": sidecar["engine_bytes"],
         "weights_source": sidecar["model"].get("weights_source", "unknown"),
+        "weights_verified": sidecar["model"].get("weights_verified", "unknown"),
         "images_source": image_set_source(args.images),
         "image_formats": sorted({path.suffix.lower().lstrip(".") for path in paths}),
         "device": sidecar["device"],

@@ -55,6 +55,8 @@ def convert(
         "cfg": os.path.basename(os.fspath(cfg)),
         "weights_sha256": sha256_file(weights),
         "weights_source": read_provenance(weights).get("source", "unknown"),
+        # Whether a sha256 from the config verified the weights (fetched without one: "false").
+        "weights_verified": str(read_provenance(weights).get("verified", "unknown")).lower(),
     }
     model = export_onnx(network, params, width, height, metadata)
     onnx.checker.check_model(model, full_check=True)
