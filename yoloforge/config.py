@@ -122,7 +122,8 @@ def schema_error(config: dict, schema: dict) -> str | None:
     if error.schema_path and "propertyNames" in error.schema_path:
         where += " (a key)"
     if kind == "pattern":
-        return f"{where}: {_shown(error.instance)} does not match {expected}"
+        wanted = error.schema.get("description") or f"a match of {expected}"
+        return f"{where}: {_shown(error.instance)} is not {wanted}"
     message = error.message if len(error.message) <= 200 else f"{_shown(error.instance)} is not valid"
     return f"{where}: {message}"
 
