@@ -55,7 +55,8 @@ rule images:
     params:
         counts=f"--eval-count {config['images']['count']}"
         f" --calibration-count {config['images'].get('calibration_count', 32)}",
-        coco=repeated_arguments(
+        # A function: Snakemake would read braces in a string parameter as wildcards.
+        coco=lambda wildcards: repeated_arguments(
             "--coco-annotations", config["images"].get("coco_annotations", [])
         )
         + " "

@@ -6,6 +6,7 @@ and --config values. Everything here is cheap: it runs each time Snakemake parse
 
 from __future__ import annotations
 
+import math
 import os
 import shlex
 from collections.abc import Iterable, Mapping
@@ -137,7 +138,10 @@ def _describe(option: dict) -> str:
 
 
 def semantic_error(config: dict, memory_bytes: int | None = None) -> str | None:
-    """What the schema cannot say: an engine to build, strict's sha256s, sizes, memory."""
+    """What the schema cannot say: finite numbers, an engine to build, strict's sha256s, sizes, memory."""
+    for path, value in _leaves(config):
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"{key_path(path)}: {value} is not a finite number"
     if not any(config.get("engines", {}).values()):
         return "engines: every engine has an empty list of precisions; give one at least"
     for model, spec in config["models"].items():
@@ -164,6 +168,17 @@ def semantic_error(config: dict, memory_bytes: int | None = None) -> str | None:
                 f" the first layer's output alone; this machine has {memory_bytes / 2**30:.1f} GiB"
             )
     return None
+
+
+def _leaves(value: Any, path: tuple = ()) -> Iterable[tuple[tuple, Any]]:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from _leaves(item, (*path, key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _leaves(item, (*path, index))
+    else:
+        yield path, value
 
 
 def _sides(size: int | str) -> tuple[int, int]:
