@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import email.utils
+import glob
 import hashlib
 import http.client
 import logging
@@ -415,6 +416,9 @@ def fetch(
             log.warning("source %s failed: %s", source, error.problem)
             continue
         os.replace(staged, output)
+        # Partial downloads of other sources, left by a killed earlier run, will not be resumed now.
+        for stale in output.parent.glob(f"{glob.escape(staged.name)}.*.part"):
+            stale.unlink(missing_ok=True)
         record = {
             "source": source,
             "origin": origin,
