@@ -91,6 +91,7 @@ def test_tiny_config_runs_end_to_end_and_reruns_nothing(workdir):
     sources = dict(zip(table["model"], table["weights_source"], strict=False))
     assert sources["synthetic-net"] == "synthetic"
     assert sources["fetched-net"].endswith("local.weights")
+    assert set(table["weights_verified"]) == {"no"}  # no sha256 in this config, synthetic or local
     assert set(table.loc[table["model"] == "fetched-net", "width"]) == {64, 96}
     assert set(table["images_source"]) == {"substitute"}
     end_to_end = table[table["scope"] == "end-to-end"]

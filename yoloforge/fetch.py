@@ -224,8 +224,8 @@ def download(
                     delay = error.delay
                 if time.monotonic() + delay > end:
                     raise YoloforgeError(
-                        f"download failed: {url}: deadline of {deadline:g} s passed"
-                        f" (attempt {attempt + 1}: {reason})",
+                        f"download failed: {url}: deadline of {deadline:g} s reached"
+                        f" (attempt {attempt + 1}: {reason}; the next would wait {delay:g} s)",
                         output,
                     ) from None
                 log.warning(
