@@ -177,7 +177,7 @@ def _config_error(config: dict, overrides: dict | None = None) -> str:
         ({"strict": True}, "models.net.cfg.sha256: strict is true, so every asset needs its sha256"),
         (
             {"engine_options": {"onnxruntime": {"x; rm": 1}}},
-            "engine_options.onnxruntime (a key): 'x; rm' is not a match of ^[A-Za-z_]",
+            "engine_options.onnxruntime: unexpected key 'x; rm' (allowed: none)",
         ),
     ],
 )

@@ -119,7 +119,7 @@ def schema_error(config: dict, schema: dict, folder: str | os.PathLike = ".") ->
     kind, expected = error.validator, error.validator_value
     if kind == "additionalProperties" and isinstance(error.schema.get("properties"), dict):
         unexpected = sorted(set(error.instance) - set(error.schema["properties"]), key=str)
-        allowed = ", ".join(error.schema["properties"])
+        allowed = ", ".join(error.schema["properties"]) or "none"
         return f"{where}: unexpected key {', '.join(map(_shown, unexpected))} (allowed: {allowed})"
     if kind == "enum":
         return f"{where}: {_shown(error.instance)} is not one of {', '.join(map(str, expected))}"
@@ -219,7 +219,9 @@ def check_config(
         load_yaml(path)
     typed_overrides(config, overrides or {})
     schema = load_yaml(schema_path)
-    problem = schema_error(config, schema, Path(schema_path).parent) or semantic_error(config, machine_memory())
+    problem = schema_error(config, schema, Path(schema_path).parent) or semantic_error(
+        config, machine_memory()
+    )
     if problem:
         raise YoloforgeError(f"config: {problem}")
 
