@@ -1,7 +1,8 @@
 """The Darknet model zoo's detector cfgs (tests/data/zoo) against OpenCV's own Darknet reader.
 
 Each cfg gets seeded synthetic weights and is converted at 128x128, a multiple of its largest
-stride, as the workflow converts; every row of `detections` must match OpenCV's output.
+stride (without the simplifier, which tests/test_convert.py covers); every row of `detections`
+must match OpenCV's output.
 """
 
 import numpy as np
@@ -19,6 +20,9 @@ from yoloforge.darknet.weights import WeightsHeader, write_weights
 
 ZOO = DATA / "zoo"
 SIZE = 128
+# Deep networks with zero-mean random kernels amplify float32 rounding past the tolerance;
+# a common part of the kernels keeps them as well conditioned as trained ones (synthetic_params).
+KERNEL_MEAN = 0.3
 FAST = [
     "yolov2-tiny",
     "yolov2-tiny-voc",
@@ -56,7 +60,12 @@ def _matches_opencv(name: str, tmp_path):
     cfg = ZOO / f"{name}.cfg"
     network = load_cfg(cfg)
     weights = tmp_path / f"{name}.weights"
-    write_weights(weights, network, synthetic_params(network, seed=1, calibration_size=SIZE), WeightsHeader())
+    write_weights(
+        weights,
+        network,
+        synthetic_params(network, seed=1, calibration_size=SIZE, kernel_mean=KERNEL_MEAN),
+        WeightsHeader(),
+    )
     output = tmp_path / f"{name}.onnx"
     convert(cfg, weights, output, (SIZE, SIZE), run_simplifier=False)
     assert_matches_opencv(cfg, weights, output, mixed_batch(SIZE, SIZE)[:2], tmp_path)

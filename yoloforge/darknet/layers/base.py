@@ -199,9 +199,14 @@ class Layer:
         raise NotImplementedError
 
     def synthesize(
-        self, inputs: list[np.ndarray], rng: np.random.Generator, following: Layer | None
+        self,
+        inputs: list[np.ndarray],
+        rng: np.random.Generator,
+        following: Layer | None,
+        kernel_mean: float = 0.0,
     ) -> tuple[LayerParams, np.ndarray]:
-        """Synthetic parameters calibrated on `inputs`, and the output they give."""
+        """Synthetic parameters calibrated on `inputs`, and the output they give; `kernel_mean`
+        is a common part of every normalized kernel (see synthetic.synthetic_params)."""
         return {}, self.forward(inputs, {})
 
     # Detection heads only (is_head), which also have a `classes` field.

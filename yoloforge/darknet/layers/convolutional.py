@@ -43,11 +43,6 @@ BLUR_KERNELS = {1: np.outer([1, 2, 1], [1, 2, 1]) / 16, 2: np.full((2, 2), 1 / 4
 # 0.25), as trained detectors give, so NMS sees a realistic load.
 HEAD_SPREAD = 0.5
 VARIANCE_FLOOR = 0.05  # relative to the layer's median channel variance
-# Zero-mean random kernels put a deep network in the chaotic regime: every layer mixes its
-# correlated input channels into ones batch norm then rescales, and rounding noise grows layer by
-# layer until two float32 implementations disagree in the third decimal. A common positive part,
-# as trained kernels have, sums the signal coherently and averages the noise out.
-KERNEL_MEAN = 0.3
 
 
 @dataclass
@@ -209,13 +204,17 @@ class Convolutional(Layer):
         return self._finish(z + bias.astype(np.float32)[:, None, None])
 
     def synthesize(
-        self, inputs: list[np.ndarray], rng: np.random.Generator, following: Layer | None
+        self,
+        inputs: list[np.ndarray],
+        rng: np.random.Generator,
+        following: Layer | None,
+        kernel_mean: float = 0.0,
     ) -> tuple[LayerParams, np.ndarray]:
         kernel = (
             rng.standard_normal(
                 (self.filters, self.in_channels // self.groups, self.size, self.size), dtype=np.float32
             )
-            + np.float32(KERNEL_MEAN)
+            + np.float32(kernel_mean if self.batch_normalize else 0.0)
         ) * np.float32(np.sqrt(2.0 / self.fan_in))
         z = convolve(inputs[0], kernel, self.convolution_stride, self.padding, self.groups)
         arrays: LayerParams = {}
