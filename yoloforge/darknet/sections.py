@@ -33,11 +33,11 @@ class Section:
         """Record a problem and let parsing go on, so later problems are reported too."""
         self.problems.append(f"line {self.line} [{self.name}]: {problem}")
 
-    def refuse_options(self, reasons: dict[str, str], accepted: dict[str, str] | None = None) -> None:
-        """Refuse each option in `reasons` that is set to something other than its `accepted` value."""
+    def refuse_options(self, reasons: dict[str, str]) -> None:
+        """Refuse each option of `reasons` that is set, unless to 0 (Darknet's "off")."""
         for key, reason in reasons.items():
             value = self.options.get(key)
-            if value is not None and value != (accepted or {}).get(key, "0"):
+            if value is not None and value != "0":
                 self.refuse(f"{key}={value}: {reason}")
 
     def _convert(self, key: str, raw: str, kind: type):

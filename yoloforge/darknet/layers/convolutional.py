@@ -30,7 +30,6 @@ from yoloforge.darknet.sections import Section
 REFUSED = {
     "xnor": "XNOR binarization of inputs and weights is not supported",
     "binary": "binarized weights are not supported",
-    "share_index": "weights shared with another layer are not supported",
     "coordconv": "coordinate channels are not supported",
     "sway": "deformable kernels are not supported",
     "rotate": "deformable kernels are not supported",
@@ -88,6 +87,8 @@ class Convolutional(Layer):
             flipped=bool(section.get_int("flipped", 0)),
         )
         section.refuse_options(REFUSED)
+        if section.has("share_index"):  # any value, 0 included, names a layer to share with
+            section.refuse("share_index: weights shared with another layer are not supported")
         if size > 1 and section.get_int("dilation", 1) != 1:
             section.refuse("dilation other than 1 is not supported")
         if layer.antialiasing not in BLUR_KERNELS and layer.antialiasing != 0:
