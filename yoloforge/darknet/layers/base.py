@@ -88,7 +88,7 @@ ACTIVATIONS: dict[str, tuple[Callable[[GraphBuilder, str, str], str], Callable[[
     "logistic": (lambda graph, x, name: graph.op("Sigmoid", [x], name), _sigmoid),
     "tanh": (lambda graph, x, name: graph.op("Tanh", [x], name), np.tanh),
     "mish": (lambda graph, x, name: graph.op("Mish", [x], name), lambda x: x * np.tanh(np.logaddexp(0, x))),
-    "swish": (_onnx_swish, lambda x: x * _sigmoid(x)),
+    "swish": (_onnx_swish, lambda x: x / (1 + np.exp(-x))),
 }
 
 
