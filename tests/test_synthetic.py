@@ -71,3 +71,20 @@ def test_synthetic_box_logits_spread_as_real_ones_do(tiny_weights):
     for role in ("xy", "wh"):
         assert 0.5 < synthetic[role].std() / real[role].std() < 1.5, role
         assert np.abs(synthetic[role]).max() < 1.5 * np.abs(real[role]).max(), role
+
+
+@pytest.mark.slow
+def test_synthetic_yolov3_runs_in_fp16(synthetic_weights, tmp_path):
+    """Synthetic yolov3 in half precision (torch on the CPU) gives finite detections."""
+    torch = pytest.importorskip("torch")
+    from yoloforge.backends.torch_graph import onnx_module
+    from yoloforge.darknet.convert import convert
+
+    cfg = MODELS / "yolov3.cfg"
+    output = tmp_path / "yolov3.onnx"
+    convert(cfg, synthetic_weights(cfg), output, (416, 416))
+    images = torch.from_numpy(real_photo_batch(416, 416, names=("chelsea", "rocket")))
+    with torch.inference_mode():
+        detections = onnx_module(output).half()(images.half())
+    assert detections.dtype == torch.float16
+    assert torch.isfinite(detections).all()
