@@ -45,8 +45,8 @@ class DetectionHead(Layer):
     def boxes(self, shape: Shape) -> int:
         return shape[1] * shape[2] * len(self.anchors)
 
-    def rows(self, graph: GraphBuilder, x: str, shape: Shape) -> tuple[str, str, str, str]:
-        """Raw (xy, wh, objectness, class) parts, each [N, boxes, k], in row order."""
+    def rows(self, graph: GraphBuilder, x: str, shape: Shape, parts: list[int]) -> list[str]:
+        """The input as rows [N, boxes, 5 + classes], split along the attributes into `parts`."""
         _, grid_h, grid_w = shape
         attributes = 5 + self.classes
         split = graph.reshape(
@@ -54,11 +54,8 @@ class DetectionHead(Layer):
         )
         cells_first = graph.op("Transpose", [split], f"{self.name}_cells_first", perm=[0, 3, 4, 1, 2])
         rows = graph.reshape(cells_first, [-1, self.boxes(shape), attributes], f"{self.name}_rows")
-        sizes = graph.constant(f"{self.name}_split_sizes", np.array([2, 2, 1, self.classes]))
-        xy, wh, objectness, classes = graph.node(
-            "Split", [rows, sizes], f"{self.name}_parts", outputs=4, axis=2
-        )
-        return xy, wh, objectness, classes
+        sizes = graph.constant(f"{self.name}_split_sizes", np.array(parts))
+        return graph.node("Split", [rows, sizes], f"{self.name}_parts", outputs=len(parts), axis=2)
 
     def cells(self, shape: Shape) -> np.ndarray:
         """[boxes, 2] grid column and row of every row."""

@@ -45,7 +45,7 @@ class Region(DetectionHead):
 
     def decode(self, graph: GraphBuilder, source: str, shape: Shape, width: int, height: int) -> str:
         _, grid_h, grid_w = shape
-        xy, wh, objectness, classes = self.rows(graph, source, shape)
+        xy, wh, objectness, classes = self.rows(graph, source, shape, [2, 2, 1, self.classes])
         grid_size = np.array([grid_w, grid_h], dtype=np.float64)
         xy = graph.op("Sigmoid", [xy], f"{self.name}_xy_sigmoid")
         xy = self.affine(

@@ -47,7 +47,7 @@ class Yolo(DetectionHead):
 
     def decode(self, graph: GraphBuilder, source: str, shape: Shape, width: int, height: int) -> str:
         _, grid_h, grid_w = shape
-        xy, wh, objectness, classes = self.rows(graph, source, shape)
+        xy, wh, scores = self.rows(graph, source, shape, [2, 2, 1 + self.classes])
         grid_size = np.array([grid_w, grid_h], dtype=np.float64)
         scale = self.scale_x_y
         xy_offset = ((self.cells(shape) - (scale - 1) / 2) / grid_size)[None]
@@ -58,8 +58,7 @@ class Yolo(DetectionHead):
         else:
             xy = graph.op("Sigmoid", [xy], f"{self.name}_xy_sigmoid")
             wh = graph.op("Exp", [wh], f"{self.name}_wh_exp")
-            objectness = graph.op("Sigmoid", [objectness], f"{self.name}_objectness")
-            classes = graph.op("Sigmoid", [classes], f"{self.name}_classes")
+            scores = graph.op("Sigmoid", [scores], f"{self.name}_scores")
         xy = self.affine(graph, xy, (scale / grid_size)[None, None], xy_offset, f"{self.name}_xy")
         wh = self.affine(graph, wh, self.per_row(anchors, shape), None, f"{self.name}_wh")
-        return graph.op("Concat", [xy, wh, objectness, classes], f"{self.name}_out", axis=2)
+        return graph.op("Concat", [xy, wh, scores], f"{self.name}_out", axis=2)
