@@ -54,7 +54,7 @@ def test_shapes_follow_darknet_arithmetic():
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        (NET + "[dropout]\nprobability=.5\n" + HEAD, "line 5 [dropout]: unknown layer type [dropout]"),
+        (NET + "[sam]\nfrom=-1\n" + HEAD, "line 5 [sam]: unknown layer type [sam]"),
         (NET + "[route]\nlayers=-3\n" + HEAD, "refers to layer -3, which does not exist"),
         (NET + "[route]\nlayers=7\n" + HEAD, "refers to layer 7, which does not exist"),
         (NET + "[convolutional]\nfilters=abc\n" + HEAD, "filters='abc' is not a valid int"),
@@ -65,7 +65,7 @@ def test_shapes_follow_darknet_arithmetic():
         ),
         (NET + "filters 3\n", "expected key=value, found 'filters 3'"),
         ("width=3\n[net]\n", "before any [section]"),
-        (NET, "no [yolo] layer"),
+        (NET, "has no [yolo] or [region] layer"),
         # Once accepted, then failed later in a library (channels: found by fuzzing).
         (NET.replace("channels=3", "channels=-1") + HEAD, "line 1 [net]: channels=-1: only 3-channel"),
         (NET.replace("channels=3", "channels=1") + HEAD, "channels=1: only 3-channel (RGB)"),

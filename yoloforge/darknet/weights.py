@@ -9,10 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from yoloforge.darknet.cfg import Network
+from yoloforge.darknet.layers.base import LayerParams
 from yoloforge.errors import YoloforgeError
 from yoloforge.files import atomic_output
-
-LayerParams = dict[str, np.ndarray]
 
 
 @dataclass(frozen=True)

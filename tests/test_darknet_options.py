@@ -1,0 +1,171 @@
+"""Darknet layer options, each against OpenCV where OpenCV honours it and against Darknet's own
+arithmetic (tests/darknet_reference.py) where it does not."""
+
+import numpy as np
+import onnxruntime
+import pytest
+
+from tests.conftest import DATA, mixed_batch
+from tests.darknet_reference import assert_matches_opencv, convolution, maxpool
+from yoloforge.darknet.cfg import build_network, load_cfg, parse_cfg_text
+from yoloforge.darknet.convert import convert
+from yoloforge.darknet.onnx_export import export_onnx
+from yoloforge.darknet.synthetic import synthetic_params
+from yoloforge.errors import YoloforgeError
+
+NET = "[net]\nwidth=64\nheight=64\nchannels=3\n"
+HEAD = (
+    "[convolutional]\nfilters=18\nsize=1\nactivation=linear\n"
+    "[yolo]\nmask=0,1,2\nanchors=1,2,3,4,5,6\nclasses=1\n"
+)
+
+
+def network(text: str):
+    return build_network(parse_cfg_text(text, "test.cfg"), "test.cfg")
+
+
+def exposed_outputs(text: str, layers: tuple[int, ...], width=64, height=64, seed=0):
+    """The network's parameters, and the outputs of `layers` on two real photos."""
+    net = network(text)
+    params = synthetic_params(net, seed=seed, calibration_size=64)
+    model = export_onnx(net, params, width, height, expose=layers)
+    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    images = mixed_batch(width, height)[:2]
+    return net, params, images, session.run([f"layer{i}" for i in layers], {"images": images})
+
+
+def kernel_of(params, filters: int, channels: int, size: int) -> np.ndarray:
+    return params["weights"].reshape(filters, channels, size, size).astype(np.float64)
+
+
+@pytest.mark.parametrize("size", [None, (64, 64)])
+def test_new_layer_kinds_match_opencv(synthetic_weights, size, tmp_path):
+    """Unequal shortcuts, avgpool + scale_channels, dropout, reorg, pad beside padding, inline
+    comments, a new_coords [yolo] and a [region] head (tests/data/new-layers.cfg)."""
+    cfg = DATA / "new-layers.cfg"
+    weights = synthetic_weights(cfg, seed=3)
+    output = tmp_path / "new-layers.onnx"
+    convert(cfg, weights, output, size)
+    width, height = size or (128, 96)
+    assert_matches_opencv(cfg, weights, output, mixed_batch(width, height), tmp_path)
+
+
+def test_pad_wins_over_padding_and_inline_comments_are_dropped():
+    net = load_cfg(DATA / "new-layers.cfg")
+    assert net.layers[0].padding == 1  # size=3, pad=1, padding=5
+    assert net.layers[2].inputs == [1, 0]  # from=-2 ### comment
+
+
+def test_stride_x_and_stride_y_follow_darknet():
+    text = (
+        NET + "[convolutional]\nfilters=4\nsize=3\nstride_x=2\nstride_y=1\npad=1\nactivation=linear\n"
+        "[maxpool]\nsize=3\nstride_x=1\nstride_y=2\n" + HEAD
+    )
+    net, params, images, (conv, pool) = exposed_outputs(text, (0, 1))
+    assert conv.shape == (2, 4, 64, 32) and pool.shape == (2, 4, 32, 32)
+    expected = convolution(images, kernel_of(params[0], 4, 3, 3), params[0]["biases"], 2, 1, 1)
+    np.testing.assert_allclose(conv, expected, atol=1e-5)
+    np.testing.assert_allclose(pool, maxpool(conv, 3, 1, 2, 2), atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("antialiasing", "blur"), [(1, np.outer([1, 2, 1], [1, 2, 1]) / 16), (2, np.ones((2, 2)) / 4)]
+)
+def test_antialiasing_blurs_with_the_layers_stride(antialiasing, blur):
+    """convolutional_layer.c: the convolution at stride 1, its activation, then a depthwise blur
+    (3x3 pad 1, or 2x2 pad 0) at the layer's stride."""
+    text = (
+        NET + "[convolutional]\nfilters=4\nsize=3\nstride=2\npad=1\nactivation=leaky\n"
+        f"antialiasing={antialiasing}\n" + HEAD
+    )
+    net, params, images, (output,) = exposed_outputs(text, (0,))
+    convolved = convolution(images, kernel_of(params[0], 4, 3, 3), params[0]["biases"], 1, 1, 1)
+    activated = np.where(convolved > 0, convolved, 0.1 * convolved)
+    depthwise = np.zeros((4, 4, *blur.shape))
+    depthwise[np.arange(4), np.arange(4)] = blur
+    expected = convolution(activated, depthwise, np.zeros(4), 2, 2, 1 if antialiasing == 1 else 0)
+    assert output.shape == expected.shape == (2, 4, 32, 32)
+    np.testing.assert_allclose(output, expected, atol=1e-5)
+
+
+def test_flipped_kernels_are_read_transposed():
+    """load_convolutional_weights: flipped=1 stores the kernel as a (channels*size*size) x filters
+    matrix, which transpose_matrix turns back."""
+    text = NET + "[convolutional]\nfilters=5\nsize=3\nstride=1\npad=1\nactivation=linear\nflipped=1\n" + HEAD
+    net, params, images, (output,) = exposed_outputs(text, (0,))
+    stored, rows, columns = params[0]["weights"], 3 * 3 * 3, 5
+    kernel = np.empty_like(stored)
+    for x in range(rows):
+        for y in range(columns):
+            kernel[y * rows + x] = stored[x * columns + y]
+    expected = convolution(
+        images, kernel.reshape(5, 3, 3, 3).astype(np.float64), params[0]["biases"], 1, 1, 1
+    )
+    np.testing.assert_allclose(output, expected, atol=1e-5)
+
+
+def test_shortcut_from_several_layers_adds_each_into_the_common_channels():
+    text = (
+        NET + "[convolutional]\nfilters=4\nsize=1\nactivation=leaky\n"
+        "[convolutional]\nfilters=6\nsize=1\nactivation=leaky\n"
+        "[convolutional]\nfilters=5\nsize=1\nactivation=leaky\n"
+        "[shortcut]\nfrom=-2,-3\nactivation=linear\n" + HEAD
+    )
+    net, params, images, (first, second, third, output) = exposed_outputs(text, (0, 1, 2, 3))
+    expected = third.copy()
+    expected[:, :5] += second[:, :5]
+    expected[:, :4] += first
+    np.testing.assert_allclose(output, expected, atol=1e-6)
+
+
+@pytest.mark.parametrize(("value", "expected"), [(None, "0"), ("0", "0"), ("1", "1")])
+def test_letter_box_travels_in_the_metadata(value, expected):
+    text = NET + (f"letter_box={value}\n" if value else "") + HEAD
+    net = network(text)
+    assert net.letter_box is (expected == "1")
+    model = export_onnx(net, synthetic_params(net, calibration_size=64))
+    assert {p.key: p.value for p in model.metadata_props}["letter_box"] == expected
+
+
+def test_zoo_letter_box_settings():
+    assert load_cfg(DATA / "zoo" / "yolov4-csp.cfg").letter_box
+    assert not load_cfg(DATA / "zoo" / "yolov4-tiny.cfg").letter_box
+
+
+def test_xnor_is_refused_in_one_line():
+    with pytest.raises(YoloforgeError) as error:
+        network(NET + "[convolutional]\nfilters=8\nsize=3\nxnor=1\n" + HEAD)
+    expected = "line 5 [convolutional]: xnor=1: XNOR binarization of inputs and weights is not supported"
+    assert str(error.value) == f"test.cfg: {expected}"
+
+
+def test_one_error_lists_every_problem_with_its_line():
+    text = (
+        NET
+        + "[convolutional]\nfilters=8\nsize=3\nxnor=1\nactivation=gelu\n"  # line 5
+        + "[sam]\nfrom=-1\n"  # line 10
+        + "[maxpool]\nsize=2\nmaxpool_depth=1\n"  # line 12
+        + "[reorg]\nstride=2\nreverse=1\n"  # line 15
+        + "[convolutional]\nfilters=18\nsize=1\nactivation=linear\n"
+        + "[yolo]\nmask=0,1,2\nanchors=1,2,3,4,5,6\nclasses=1\nnew_coords=2\n"  # line 22
+    )
+    with pytest.raises(YoloforgeError) as error:
+        network(text)
+    message = str(error.value)
+    assert message.startswith("test.cfg: 6 problems: ") and "\n" not in message
+    for problem in (
+        "line 5 [convolutional]: xnor=1",
+        "line 5 [convolutional]: unknown activation 'gelu'",
+        "line 10 [sam]: unknown layer type [sam]",
+        "line 12 [maxpool]: maxpool_depth=1",
+        "line 15 [reorg]: reverse=1",
+        "line 22 [yolo]: new_coords=2",
+    ):
+        assert problem in message
+
+
+def test_a_layer_after_an_unknown_one_is_not_blamed_for_it():
+    """Channels after an unparsed layer are unknown; only the unknown layer is reported."""
+    text = NET + "[convolutional]\nfilters=6\n[sam]\nfrom=-1\n[route]\nlayers=-1\ngroups=4\n" + HEAD
+    with pytest.raises(YoloforgeError, match=r"^test.cfg: line 7 \[sam\]: unknown layer type \[sam\]$"):
+        network(text)
