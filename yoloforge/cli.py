@@ -130,7 +130,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
     from yoloforge.datasets import image_set_source
     from yoloforge.device import cpu_threads, fingerprint_id
     from yoloforge.files import atomic_output, write_json
-    from yoloforge.images import image_paths, preprocessed_batches
+    from yoloforge.images import image_paths, letterboxes, preprocessed_batches
     from yoloforge.timing import TimingBudget, bench_round
 
     if not 0 <= args.round < args.rounds:
@@ -145,7 +145,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
         )
     width, height = int(sidecar["model"]["width"]), int(sidecar["model"]["height"])
     paths = image_paths(args.images)[: args.batch * args.rotate]
-    batches = preprocessed_batches(paths, width, height, args.batch, args.rotate)
+    letterbox = letterboxes(sidecar["model"], args.engine_file)
+    batches = preprocessed_batches(paths, width, height, args.batch, args.rotate, letterbox)
     encoded = [path.read_bytes() for path in paths]  # read before timing: file I/O is not timed
     budget = TimingBudget(args.warmup_seconds, args.seconds, args.min_iterations, rounds=args.rounds)
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
