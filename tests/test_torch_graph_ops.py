@@ -216,3 +216,40 @@ def test_layout_ops(tmp_path):
         helper.make_node("Slice", ["joined", "starts", "ends", "axes", "steps"], ["out"]),
     ]
     _agree(_save(tmp_path, nodes, constants))
+
+
+def test_the_new_ops_export_with_a_dynamic_batch(tmp_path):
+    """torch.export (torch-aoti's first step) traces them with the batch left symbolic."""
+    constants = [
+        _constant("pads", np.array([0, 0, 0, 1, 0, 0, 1, 0], dtype=np.int64)),
+        _constant("kernel", RNG.standard_normal((4, 2, 3, 3)).astype(np.float32)),
+        _constant("two", np.float32(2.0)),
+        _constant("half", np.float32(0.5)),
+        _constant("axes", np.array([2, 3], dtype=np.int64)),
+    ]
+    nodes = [
+        helper.make_node("Pad", ["images", "pads"], ["padded"]),
+        helper.make_node("AveragePool", ["padded"], ["pooled"], kernel_shape=[2, 2], pads=[0, 0, 1, 1]),
+        helper.make_node(
+            "Conv", ["pooled", "kernel"], ["conv"], kernel_shape=[3, 3], group=2, strides=[2, 1]
+        ),
+        helper.make_node("Softmax", ["conv"], ["soft"], axis=1),
+        helper.make_node("Pow", ["soft", "two"], ["squared"]),
+        helper.make_node("Sub", ["squared", "half"], ["shifted"]),
+        helper.make_node("Div", ["shifted", "two"], ["halved"]),
+        helper.make_node("Tanh", ["halved"], ["bent"]),
+        helper.make_node("ReduceMean", ["bent", "axes"], ["mean"], keepdims=1),
+        helper.make_node("GlobalAveragePool", ["bent"], ["global"]),
+        helper.make_node("Mul", ["mean", "global"], ["product"]),
+        helper.make_node("Mul", ["bent", "product"], ["scaled"]),
+        helper.make_node("Split", ["scaled"], ["left", "right"], axis=1, num_outputs=2),
+        helper.make_node("Add", ["left", "right"], ["out"]),
+    ]
+    path = _save(tmp_path, nodes, constants)
+    _agree(path)
+    module = onnx_module(path)
+    images = torch.from_numpy(np.random.default_rng(2).standard_normal((3, *SHAPE[1:])).astype(np.float32))
+    batch = torch.export.Dim("batch", min=1, max=64)
+    exported = torch.export.export(module, (images,), dynamic_shapes={"images": {0: batch}})
+    with torch.inference_mode():
+        torch.testing.assert_close(exported.module()(images[:2]), module(images[:2]), rtol=0, atol=1e-6)
