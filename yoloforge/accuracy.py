@@ -3,9 +3,9 @@ where the image set has them, and always against a reference implementation's de
 
 Every engine runs the same end-to-end path (letterbox, or stretch where the model's metadata says
 letter_box=0; engine; decode with class-aware NMS), and boxes are mapped back to each image's own
-pixels. Two decodes per image: COCO's (confidence 0.001,
-NMS IoU 0.65) for mAP, and the deployment NMS (IoU 0.45) for agreement with the reference, whose
-boxes over the deployment threshold (0.25) are the ground truth.
+pixels. Two decodes per image: COCO's (confidence 0.001, NMS IoU 0.65) for mAP, and the
+deployment NMS (IoU 0.45) for agreement with the reference, whose boxes over the deployment
+threshold (0.25) are the ground truth.
 """
 
 from __future__ import annotations

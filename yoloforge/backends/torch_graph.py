@@ -501,7 +501,7 @@ def onnx_module(path: str | os.PathLike, channel_multiple: int = 1, fuse: Fuser 
             raise ValueError(f"input {name!r} is computed at run time, not a constant")
         return constants[name]
 
-    opset = next(entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx"))
+    opset = next((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), 0)
     nodes = list(graph.node)
     # Every use of a tensor as an input, the graph's output counted as one.
     uses = Counter(name for node in nodes for name in node.input) + Counter(v.name for v in graph.output)
