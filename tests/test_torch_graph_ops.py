@@ -222,7 +222,8 @@ def test_the_new_ops_export_with_a_dynamic_batch(tmp_path):
     """torch.export (torch-aoti's first step) traces them with the batch left symbolic."""
     constants = [
         _constant("pads", np.array([0, 0, 0, 1, 0, 0, 1, 0], dtype=np.int64)),
-        _constant("kernel", RNG.standard_normal((4, 2, 3, 3)).astype(np.float32)),
+        _constant("widen", RNG.standard_normal((6, 4, 1, 1)).astype(np.float32)),
+        _constant("kernel", RNG.standard_normal((4, 3, 3, 3)).astype(np.float32)),
         _constant("two", np.float32(2.0)),
         _constant("half", np.float32(0.5)),
         _constant("axes", np.array([2, 3], dtype=np.int64)),
@@ -230,9 +231,8 @@ def test_the_new_ops_export_with_a_dynamic_batch(tmp_path):
     nodes = [
         helper.make_node("Pad", ["images", "pads"], ["padded"]),
         helper.make_node("AveragePool", ["padded"], ["pooled"], kernel_shape=[2, 2], pads=[0, 0, 1, 1]),
-        helper.make_node(
-            "Conv", ["pooled", "kernel"], ["conv"], kernel_shape=[3, 3], group=2, strides=[2, 1]
-        ),
+        helper.make_node("Conv", ["pooled", "widen"], ["wide"], kernel_shape=[1, 1]),
+        helper.make_node("Conv", ["wide", "kernel"], ["conv"], kernel_shape=[3, 3], group=2, strides=[2, 1]),
         helper.make_node("Softmax", ["conv"], ["soft"], axis=1),
         helper.make_node("Pow", ["soft", "two"], ["squared"]),
         helper.make_node("Sub", ["squared", "half"], ["shifted"]),
@@ -253,3 +253,7 @@ def test_the_new_ops_export_with_a_dynamic_batch(tmp_path):
     exported = torch.export.export(module, (images,), dynamic_shapes={"images": {0: batch}})
     with torch.inference_mode():
         torch.testing.assert_close(exported.module()(images[:2]), module(images[:2]), rtol=0, atol=1e-6)
+        # Channels padded for tensor cores (6 to 8; the grouped convolution is left as it is) change nothing.
+        padded = onnx_module(path, channel_multiple=8)
+        torch.testing.assert_close(padded(images), module(images), rtol=0, atol=1e-6)
+    assert {tuple(buffer.shape[:2]) for buffer in padded.buffers() if buffer.dim() == 4} == {(8, 8), (4, 3)}
