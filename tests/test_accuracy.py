@@ -229,25 +229,38 @@ def test_fp32_engines_agree_with_the_reference(engine, batch, tiny, tiny_weights
     assert record["coco_map50_95"] is None and record["accuracy_gate"] == "pass"
 
 
-def _stretching(onnx, folder):
-    """A copy of the ONNX file and of yolov3-tiny's cfg that say letter_box=0, as Darknet's own
-    yolov3-tiny does by default (the converter records the cfg's setting in the metadata)."""
+@pytest.fixture(scope="module")
+def fitted(tiny, tiny_weights, tmp_path_factory):
+    """letter_box "1" and "0" -> yolov3-tiny's ONNX file and cfg saying so, and the reference's
+    detections with them (whatever the converter wrote: the metadata's key is replaced)."""
     import onnx as onnx_library
 
-    model = onnx_library.load(onnx)
-    model.metadata_props.add(key="letter_box", value="0")
-    stretched = folder / "tiny-stretch.onnx"
-    onnx_library.save(model, stretched)
-    cfg = folder / "tiny-stretch.cfg"
-    cfg.write_text((MODELS / "yolov3-tiny.cfg").read_text().replace("[net]", "[net]\nletter_box=0", 1))
-    return stretched, cfg
+    onnx, images, _ = tiny
+    folder = tmp_path_factory.mktemp("fitted")
+    made = {}
+    for letter_box in ("1", "0"):
+        model = onnx_library.load(onnx)
+        kept = [prop for prop in model.metadata_props if prop.key != "letter_box"]
+        del model.metadata_props[:]
+        model.metadata_props.extend(kept)
+        model.metadata_props.add(key="letter_box", value=letter_box)
+        path = folder / f"tiny-{letter_box}.onnx"
+        onnx_library.save(model, path)
+        cfg = folder / f"tiny-{letter_box}.cfg"
+        # Darknet reads an option's first occurrence in its section.
+        cfg.write_text(
+            (MODELS / "yolov3-tiny.cfg").read_text().replace("[net]", f"[net]\nletter_box={letter_box}", 1)
+        )
+        reference = reference_detections(path, cfg, tiny_weights, images, 8, folder / f"r-{letter_box}.json")
+        made[letter_box] = path, cfg, reference
+    return made
 
 
-def test_a_stretching_model_is_stretched_end_to_end(tiny, tiny_weights, tmp_path):
-    onnx, images, letterboxed_reference = tiny
-    stretched_onnx, cfg = _stretching(onnx, tmp_path)
-    reference = reference_detections(stretched_onnx, cfg, tiny_weights, images, 8, tmp_path / "r.json")
+def test_a_stretching_model_is_stretched_end_to_end(tiny, fitted, tiny_weights, tmp_path):
+    _, images, _ = tiny
+    stretched_onnx, _, reference = fitted["0"]
     assert reference["letter_box"] is False and reference["reference"] == "opencv-darknet fp32"
+    assert fitted["1"][2]["letter_box"] is True
     for engine in ("onnxruntime", "torch-eager"):
         runner = _load(engine, stretched_onnx, tiny_weights, tmp_path / f"{engine}.engine")
         assert runner.letterbox is False
@@ -260,12 +273,13 @@ def test_a_stretching_model_is_stretched_end_to_end(tiny, tiny_weights, tmp_path
         assert record["agreement_map50"] >= 0.99 and record["accuracy_gate"] == "pass"
     # Stretched or letterboxed, the real model finds the same objects in the same places of each
     # photo: the boxes came back to the source pixels either way.
-    truth = [_boxes_of(image) for image in letterboxed_reference["images"]]
+    letterboxed = fitted["1"][2]
+    truth = [_boxes_of(image) for image in letterboxed["images"]]
     agreed = agreement(truth, [_boxes_of(image) for image in reference["images"]])
     assert agreed["precision"] >= 0.8 and agreed["recall"] >= 0.5, agreed
     # And the stretch did change what the model saw.
     assert [image["boxes"] for image in reference["images"]] != [
-        image["boxes"] for image in letterboxed_reference["images"]
+        image["boxes"] for image in letterboxed["images"]
     ]
 
 
@@ -273,19 +287,16 @@ def _boxes_of(image) -> Boxes:
     return Boxes(*_pixels(image))
 
 
-def test_reference_and_engine_must_fit_images_alike(tiny, tiny_weights, tmp_path):
-    onnx, images, letterboxed_reference = tiny
-    stretched_onnx, _ = _stretching(onnx, tmp_path)
+def test_reference_and_engine_must_fit_images_alike(tiny, fitted, tiny_weights, tmp_path):
+    _, images, _ = tiny
+    stretched_onnx, _, _ = fitted["0"]
+    letterboxed_onnx, letterboxing_cfg, letterboxed_reference = fitted["1"]
     stretching = _load("onnxruntime", stretched_onnx, tiny_weights, tmp_path / "e.engine")
     with pytest.raises(
         YoloforgeError, match="reference letterboxed the images, the engine's model has them stretched"
     ):
-        _score(stretching, tiny)
-    letterboxing_cfg = tmp_path / "letterboxing.cfg"
-    letterboxing_cfg.write_text(
-        (MODELS / "yolov3-tiny.cfg").read_text().replace("[net]", "[net]\nletter_box=1", 1)
-    )
-    with pytest.raises(YoloforgeError, match=r"tiny-stretch\.onnx: the ONNX file says letter_box=0, its cfg"):
+        _score(stretching, (letterboxed_onnx, images, letterboxed_reference))
+    with pytest.raises(YoloforgeError, match=r"tiny-0\.onnx: the ONNX file says letter_box=0, its cfg"):
         reference_detections(stretched_onnx, letterboxing_cfg, tiny_weights, images, 1, tmp_path / "r.json")
     assert not (tmp_path / "r.json").exists()
 
