@@ -1,3 +1,6 @@
+import os
+
+from snakemake.logging import logger
 from snakemake.utils import min_version, validate
 
 min_version("9.0")
@@ -16,6 +19,19 @@ include: "rules/build.smk"
 include: "rules/bench.smk"
 include: "rules/accuracy.smk"
 include: "rules/report.smk"
+
+
+# Builds, timing and accuracy are planned from each target's device probe (a checkpoint): until the
+# probe exists, a dry run lists only the jobs up to it.
+if not all(
+    os.path.exists(f"results/device/{target}.json") for target in config["targets"]
+):
+    logger.info(
+        "yoloforge: jobs after the device probe are planned once it has run; to see the whole"
+        " plan: snakemake --cores 1 "
+        + " ".join(f"results/device/{target}.json" for target in config["targets"])
+        + " && snakemake -n"
+    )
 
 
 rule all:

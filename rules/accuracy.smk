@@ -36,7 +36,7 @@ rule accuracy:
     log:
         "logs/accuracy/{target}/{fingerprint}/{model}-{size}/{engine}-{precision}.log",
     conda:
-        "../envs/engines.yaml"
+        engine_env
     # On a cluster, on the target whose engine it scores; on the device, if the engine runs on one.
     resources:
         **target_resources(),

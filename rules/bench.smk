@@ -16,7 +16,7 @@ rule bench:
     # one, so a row's rounds lie minutes apart and its spread holds how the machine drifts.
     priority: lambda wildcards: -int(wildcards.round)
     conda:
-        "../envs/engines.yaml"
+        engine_env
     # All cores and the one device: timing never shares the machine with another job.
     threads: workflow.cores
     resources:

@@ -1,4 +1,5 @@
-# Run on the target itself: the fingerprint is measured where the engines will run.
+# Run on the target itself: the fingerprint is measured where the engines will run. It probes every
+# engine, so its env has every engine family, at the versions of each family's own env.
 checkpoint device:
     output:
         "results/device/{target}.json",
@@ -36,7 +37,7 @@ rule build:
     log:
         "logs/build/{target}/{fingerprint}/{engine}/{model}-{size}-{precision}-b{batch}.log",
     conda:
-        "../envs/engines.yaml"
+        engine_env
     # Builds that time kernels on the device (TensorRT tactics, Inductor autotuning) get it alone.
     resources:
         **target_resources(),

@@ -1,6 +1,12 @@
 # Names and paths derived from config; nothing here touches files or devices.
 import hashlib
 import json
+import sys
+
+# The engines' declared facts (precisions, builds that time kernels, conda env), from the
+# workflow's own checkout; importing them loads no engine library.
+sys.path.insert(0, workflow.basedir)
+from yoloforge import backends
 
 # Every rule runs the yoloforge package of the workflow's own checkout, whatever is installed.
 # (Doubled braces: Snakemake formats the prefix with each job's wildcards.)
@@ -15,7 +21,7 @@ wildcard_constraints:
     model="|".join(config["models"]),
     size=r"\d+(x\d+)?",
     engine="|".join(config["engines"]),
-    precision="fp32|fp16|bf16|int8",
+    precision="|".join(backends.PRECISIONS),
     batch=r"\d+",
     fingerprint=r"[a-z0-9-]+",
     target="|".join(config["targets"]),
@@ -73,13 +79,13 @@ def engine_options(wildcards):
 
 def build_times_kernels(wildcards):
     """1 for builds that time kernels on the device, so they never overlap one another."""
-    if wildcards.engine in ("tensorrt", "cudnn-fused"):
-        return 1
     options = config.get("engine_options", {}).get(wildcards.engine, {})
-    return int(
-        wildcards.engine == "torch-aoti"
-        and str(options.get("max_autotune", True)).lower() == "true"
-    )
+    return int(backends.build_times_kernels(wildcards.engine, options))
+
+
+def engine_env(wildcards):
+    """The conda env of the engine's family, for its build, timing and accuracy jobs."""
+    return f"../envs/{backends.facts(wildcards.engine).family}.yaml"
 
 
 def table_rows(wildcards):

@@ -42,15 +42,21 @@ rule report:
         table="results/benchmark.parquet",
         latencies=bench_latencies,
     output:
-        report(
+        html=report(
             "results/report.html",
             caption="../workflow/report/report.rst",
+            category="Results",
+        ),
+        summary=report(
+            "results/summary.md",
+            caption="../workflow/report/summary.rst",
             category="Results",
         ),
     log:
         "logs/report.log",
     conda:
         "../envs/core.yaml"
+    # The summary is the run's answer: printed as the run's last output, too.
     shell:
-        "python -m yoloforge report --table {input.table} --output {output}"
-        " {input.latencies} > {log} 2>&1"
+        "python -m yoloforge report --table {input.table} --output {output.html}"
+        " --summary {output.summary} {input.latencies} > {log} 2>&1 && cat {output.summary}"

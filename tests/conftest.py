@@ -37,6 +37,7 @@ ACCURACY_KEYS = {
     "images",
     "images_source",
     "reference",
+    "reference_boxes",
     "coco_map50_95",
     "coco_map50",
     "agreement_precision",
@@ -50,8 +51,8 @@ ACCURACY_KEYS = {
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Longest first: whole workflow runs on full-size models, other workflow runs, other
     full-size models, then the rest. The README's test command runs the tests on every core
-    (pytest-xdist), so the default config's run, most of a 2-core CPU's session, starts at once
-    beside everything else instead of ending the session alone."""
+    (pytest-xdist), so the longest workflow run starts at once beside everything else instead of
+    ending the session alone."""
 
     def weight(item: pytest.Item) -> tuple[bool, bool, bool]:
         workflow = item.get_closest_marker("workflow") is not None
@@ -61,11 +62,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=weight)
 
 
-# Tests that time sleeps want a quiet machine: beside the default config's run on a 2-core CPU, a
-# 20 ms sleep took 24 ms. They run on that run's worker, after it (the order above). The other
-# worker may still be busy then (in one CI run a 20 ms sleep's median was 21.0 ms), so they check
-# minimum latencies, which load only raises.
-QUIET_TESTS = ("tests/test_timing.py::", "tests/test_workflow.py::test_default_config_completes_offline")
+# Tests that time sleeps want a quiet machine: a workflow run beside them on a 2-core CPU delays
+# their sleeps. They run on the worker of the longest workflow run, after it (the order above). The
+# other worker may still be busy then, so they check minimum latencies, which load only raises.
+QUIET_TESTS = ("tests/test_timing.py::", "tests/test_workflow.py::test_test_config_completes_offline")
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:

@@ -418,6 +418,7 @@ def test_accuracy_command_writes_the_table_keys_and_refuses_a_bad_reference(tiny
     assert result.returncode == 0, result.stderr
     record = json.loads((tmp_path / "e.json").read_text())
     assert set(record) == ACCURACY_KEYS and record["accuracy_gate"] == "pass"
+    assert record["reference_boxes"] == sum(len(image["boxes"]) for image in reference["images"]) > 0
     coco = json.loads((tmp_path / "e.coco.json").read_text())
     assert coco and set(coco[0]) == {"image_id", "category_id", "bbox", "score"}
     assert sorted(p.name for p in (tmp_path / "drawn").iterdir()) == [

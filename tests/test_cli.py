@@ -1,6 +1,8 @@
 """The command line: bad inputs (one line naming the file, non-zero exit, no output), and the
 process settings each command makes."""
 
+import argparse
+import json
 import os
 import subprocess
 import sys
@@ -8,6 +10,7 @@ import sys
 import pytest
 
 from tests.conftest import DATA, MODELS, ROOT, run_cli
+from yoloforge.cli import build_parser
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +91,36 @@ def test_missing_weights_file(tmp_path):
 def test_unknown_engine(tmp_path):
     output = tmp_path / "e.engine"
     result = run_cli("build", "--engine", "darknet9000", "--onnx", "x.onnx", "--output", str(output))
-    _assert_clean_failure(result, output, "unknown engine 'darknet9000'")
+    _assert_clean_failure(result, output, "--engine: invalid choice: 'darknet9000'", "'onnxruntime'")
+
+
+def test_every_option_of_every_command_says_what_it_is():
+    parser = build_parser()
+    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    assert commands.choices, "no subcommands"
+    for name, command in commands.choices.items():
+        assert commands._choices_actions and any(a.dest == name and a.help for a in commands._choices_actions)
+        for action in command._actions:
+            if not isinstance(action, argparse._HelpAction):
+                assert action.help, f"yoloforge {name} {'/'.join(action.option_strings) or action.dest}"
+
+
+def test_device_prints_what_runs_here_and_writes_the_same_as_json(tmp_path):
+    output = tmp_path / "device.json"
+    args = ["--engine", "onnxruntime", "--engine", "tensorrt", "--precision", "fp32", "--precision", "bf16"]
+    result = run_cli("device", *args, "--no-ceilings", "--output", str(output))
+    assert result.returncode == 0, result.stderr
+    report = json.loads(output.read_text())
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["engine", "precision", "here"]
+    rows = {tuple(line.split()[:2]): line for line in lines[1:5]}
+    assert set(rows) == {(e, p) for e in ("onnxruntime", "tensorrt") for p in ("fp32", "bf16")}
+    for (engine, precision), line in rows.items():
+        probe = report["engines"][engine]
+        reason = probe["precisions"][precision]
+        assert line.endswith(f"no: {reason}" if reason else f"runs, in {probe['id']}"), line
+    # Each fingerprint that engines are kept under, once.
+    assert f"{report['engines']['onnxruntime']['id']}: name " in result.stdout
 
 
 def test_compare_tells_whether_b_p50_lies_in_a_spread(tmp_path, capsys):

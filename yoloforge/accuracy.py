@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from yoloforge.backends import BuildRequest, Runner, get_backend
+from yoloforge.backends import BuildRequest, Runner, get_backend, reference_engines
 from yoloforge.detections import Boxes, above, agreement, decode, mean_average_precision, to_source_pixels
 from yoloforge.errors import YoloforgeError
 from yoloforge.files import atomic_output, write_json
@@ -35,8 +35,8 @@ MAP_IOU_THRESHOLD = 0.65
 MAP_MAX_BOXES = 100  # COCO scores at most 100 boxes per image
 DEPLOY_SCORE_THRESHOLD = 0.25
 DEPLOY_IOU_THRESHOLD = 0.45
-# The reference implementations, in order of preference; each must run FP32 here.
-REFERENCE_ENGINES = ("opencv-darknet", "onnxruntime")
+# The reference implementations, in order of preference (each engine's facts); each must run FP32 here.
+REFERENCE_ENGINES = reference_engines()
 ANNOTATIONS_FILE = "annotations.json"  # written by datasets.fetch_coco_subset
 
 # Darknet's 80 classes (models/coco.names order) -> COCO's category ids (1-90 with ten unused).
@@ -323,6 +323,8 @@ def score_engine(
         "images": len(files),
         "images_source": image_set_source(images_dir),
         "reference": reference["reference"],
+        # What the agreement figures rest on: a handful of boxes says little whatever the score.
+        "reference_boxes": sum(len(boxes) for boxes in truth),
         "coco_map50_95": map50_95,
         "coco_map50": map50,
         "agreement_precision": agreed["precision"],

@@ -9,6 +9,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 from yoloforge.device import share_cores_when_idle
 from yoloforge.errors import YoloforgeError
@@ -124,124 +125,33 @@ def cmd_build(args: argparse.Namespace) -> None:
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
-    import time
+    from yoloforge.bench import Round, log_timing, time_round, write_result
+    from yoloforge.timing import TimingBudget
 
-    from yoloforge.backends import get_backend, read_sidecar
-    from yoloforge.datasets import image_set_source
-    from yoloforge.device import cpu_threads, fingerprint_id
-    from yoloforge.files import atomic_output, write_json
-    from yoloforge.images import image_paths, letterboxes, preprocessed_batches
-    from yoloforge.timing import TimingBudget, bench_round
-
-    if not 0 <= args.round < args.rounds:
-        raise YoloforgeError(f"round {args.round} of {args.rounds}: rounds count from 0", args.output)
-    backend = get_backend(args.engine)
-    sidecar = read_sidecar(args.engine_file)
-    if args.fingerprint and fingerprint_id(sidecar.get("device", {})) != args.fingerprint:
-        raise YoloforgeError(
-            f"engine was built for device {fingerprint_id(sidecar.get('device', {}))}, but lies in"
-            f" the folder of {args.fingerprint}; engines are never moved between device folders",
-            args.engine_file,
-        )
-    width, height = int(sidecar["model"]["width"]), int(sidecar["model"]["height"])
-    paths = image_paths(args.images)[: args.batch * args.rotate]
-    letterbox = letterboxes(sidecar["model"], args.engine_file)
-    batches = preprocessed_batches(paths, width, height, args.batch, args.rotate, letterbox)
-    encoded = [path.read_bytes() for path in paths]  # read before timing: file I/O is not timed
-    budget = TimingBudget(args.warmup_seconds, args.seconds, args.min_iterations, rounds=args.rounds)
-    started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    runner = backend.load(args.engine_file, args.onnx)
-    scopes, latencies = bench_round(
-        runner, batches, encoded, width, height, args.batch, budget.per_round(), args.round
+    spec = Round(
+        engine=args.engine,
+        engine_file=Path(args.engine_file),
+        images=Path(args.images),
+        model=args.model,
+        batch=args.batch,
+        rotate=args.rotate,
+        budget=TimingBudget(args.warmup_seconds, args.seconds, args.min_iterations, rounds=args.rounds),
+        index=args.round,
+        target=args.target,
+        onnx=args.onnx and Path(args.onnx),
+        fingerprint=args.fingerprint,
     )
-    result = {
-        "model": args.model,
-        "width": width,
-        "height": height,
-        "engine": args.engine,
-        "precision": sidecar["precision"],
-        "batch": args.batch,
-        "target": args.target,
-        "threads": cpu_threads(),
-        "rounds": args.rounds,
-        "round_started": [started],
-        "scopes": scopes,
-        "flops_per_image": sidecar.get("flops_per_image"),
-        "build_seconds": sidecar["build_seconds"],
-        "engine_bytes": sidecar["engine_bytes"],
-        "weights_source": sidecar["model"].get("weights_source", "unknown"),
-        "images_source": image_set_source(args.images),
-        "image_formats": sorted({path.suffix.lower().lstrip(".") for path in paths}),
-        "device": sidecar["device"],
-        "libraries": sidecar["libraries"],
-    }
-    for key in ("model", "width", "height", "engine", "precision", "batch"):
-        latencies[key] = result[key]
-    with atomic_output(args.output.removesuffix(".json") + ".parquet") as tmp:
-        latencies.to_parquet(tmp, index=False)
-    write_json(args.output, result)
-    _log_timing(result, f"round {args.round} of {args.rounds}")
+    result, latencies = time_round(spec)
+    write_result(args.output, result, latencies)
+    log_timing(result, f"round {args.round} of {args.rounds}")
 
 
 def cmd_pool(args: argparse.Namespace) -> None:
-    import pandas as pd
+    from yoloforge.bench import log_timing, pool, write_result
 
-    from yoloforge.files import atomic_output, write_json
-    from yoloforge.table import read_json
-    from yoloforge.timing import pool_rounds
-
-    rounds = [read_json(path, "timing round") for path in args.rounds]
-    first = rounds[0]
-    same = ("model", "width", "height", "engine", "precision", "batch", "target", "device", "rounds")
-    for path, result in zip(args.rounds, rounds, strict=True):
-        differing = [key for key in same if result.get(key) != first.get(key)]
-        if differing:
-            raise YoloforgeError(f"not a round of {args.rounds[0]}: {', '.join(differing)} differ", path)
-    if not isinstance(first.get("rounds"), int):
-        raise YoloforgeError("not a timing round of `yoloforge bench` (no rounds count)", args.rounds[0])
-    if len(rounds) != first["rounds"]:
-        raise YoloforgeError(f"{len(rounds)} rounds given, the bench has {first['rounds']}", args.rounds[0])
-    try:
-        frames = [pd.read_parquet(path.removesuffix(".json") + ".parquet") for path in args.rounds]
-    except (OSError, ValueError) as error:
-        raise YoloforgeError(f"unreadable round latencies: {error}", args.output) from None
-    indices = sorted(int(index) for frame in frames for index in frame["round"].unique())
-    if indices != list(range(first["rounds"])):
-        raise YoloforgeError(
-            f"rounds {indices} given, not each of 0..{first['rounds'] - 1} once", args.rounds[0]
-        )
-    scopes, latencies = pool_rounds(
-        [(result["scopes"], frame) for result, frame in zip(rounds, frames, strict=True)], first["batch"]
-    )
-    result = {
-        **first,
-        "round_started": [started for result in rounds for started in result["round_started"]],
-        "scopes": scopes,
-    }
-    with atomic_output(args.output.removesuffix(".json") + ".parquet") as tmp:
-        latencies.to_parquet(tmp, index=False)
-    write_json(args.output, result)
-    _log_timing(result, f"{len(rounds)} rounds")
-
-
-def _log_timing(result: dict, rounds: str) -> None:
-    for scope in result["scopes"]:
-        log.info(
-            "%s %s %s b%d %s: median %.2f ms (p10 %.2f, p90 %.2f) over %d iterations, %s"
-            " (round medians %s), %.1f images/s",
-            result["model"],
-            result["engine"],
-            result["precision"],
-            result["batch"],
-            scope["scope"],
-            scope["median_ms"],
-            scope["p10_ms"],
-            scope["p90_ms"],
-            scope["iterations"],
-            rounds,
-            " ".join(f"{median:.2f}" for median in scope["round_medians_ms"]),
-            scope["images_per_second"],
-        )
+    result, latencies = pool(args.rounds)
+    write_result(args.output, result, latencies)
+    log_timing(result, f"{result['rounds']} rounds")
 
 
 def cmd_reference(args: argparse.Namespace) -> None:
@@ -295,28 +205,22 @@ def cmd_accuracy(args: argparse.Namespace) -> None:
 
 
 def cmd_unavailable(args: argparse.Namespace) -> None:
-    import json
-
+    from yoloforge.bench import unavailable_row
     from yoloforge.darknet.convert import parse_size
     from yoloforge.files import write_json
-    from yoloforge.timing import SCOPES
 
-    probe = json.loads(Path(args.device).read_text())["engines"][args.engine]
     width, height = parse_size(args.size)
-    write_json(
-        args.output,
-        {
-            "model": args.model,
-            "width": width,
-            "height": height,
-            "engine": args.engine,
-            "precision": args.precision,
-            "batch": args.batch,
-            "scopes": [{"scope": scope} for scope in SCOPES],
-            "target": args.target,
-            "unavailable": probe["precisions"][args.precision] or "unknown",
-        },
+    row = unavailable_row(
+        args.device,
+        model=args.model,
+        width=width,
+        height=height,
+        engine=args.engine,
+        precision=args.precision,
+        batch=args.batch,
+        target=args.target,
     )
+    write_json(args.output, row)
 
 
 def cmd_table(args: argparse.Namespace) -> None:
@@ -330,10 +234,17 @@ def cmd_table(args: argparse.Namespace) -> None:
 
 def cmd_report(args: argparse.Namespace) -> None:
     from yoloforge.report import write_report
+    from yoloforge.summary import write_summary
     from yoloforge.table import read_table
 
-    plots = write_report(read_table(args.table), args.latencies, args.output)
+    table = read_table(args.table)
+    plots = write_report(table, args.latencies, args.output)
     log.info("wrote %s with plots %s", args.output, ", ".join(plots))
+    log.info(
+        "which engine to deploy%s:\n%s",
+        f" ({args.summary})" if args.summary else "",
+        write_summary(table, args.summary),
+    )
 
 
 def cmd_compare(args: argparse.Namespace) -> None:
@@ -356,47 +267,65 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 
 def cmd_device(args: argparse.Namespace) -> None:
-    from yoloforge.backends import BACKENDS, get_backend
+    from yoloforge.backends import BACKENDS, PRECISIONS
     from yoloforge.files import write_json
+    from yoloforge.probe import describe, probe_device
 
-    engines = args.engine or list(BACKENDS)
-    args.precision = args.precision or ["fp32", "fp16", "bf16", "int8"]
-    report = {"engines": {name: get_backend(name).probe(args.precision) for name in engines}}
-    if not args.no_ceilings:
-        from yoloforge.ceiling import ceiling_device, measure_ceilings
-
-        # Beside the engine probes, never inside their fingerprints: a timing varies from run to
-        # run, and engine folders must not.
-        report["ceilings"] = {"device": ceiling_device(), "precisions": measure_ceilings()}
+    report = probe_device(
+        args.engine or list(BACKENDS), args.precision or list(PRECISIONS), not args.no_ceilings
+    )
     if args.output:
         write_json(args.output, report)
-    for name, probe in report["engines"].items():
-        for precision, reason in probe["precisions"].items():
-            log.info(
-                "%s %s: %s",
-                name,
-                precision,
-                f"unavailable: {reason}" if reason else f"runs here ({probe['id']})",
-            )
+    sys.stdout.write(describe(report))
+
+
+def cmd_schema(args: argparse.Namespace) -> None:
+    from yoloforge.backends import engines_schema_text
+    from yoloforge.files import atomic_output
+
+    with atomic_output(args.output) as partial:
+        partial.write_text(engines_schema_text())
+    log.info("wrote %s from the engines' declared facts", args.output)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Bad arguments come out as one line, like every other error, with status 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def _engine_options_help() -> str:
+    from yoloforge.backends import BACKENDS
+
+    declared = [
+        f"{name} {key} ({option.type.__name__}): {option.help}"
+        for name, backend in BACKENDS.items()
+        for key, option in backend.facts.options.items()
+    ]
+    return "engine build option KEY=VALUE, repeatable; the engines' options: " + "; ".join(declared)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="yoloforge", description=__doc__.splitlines()[0])
+    from yoloforge.backends import BACKENDS, PRECISIONS
+
+    engines, precisions = list(BACKENDS), list(PRECISIONS)
+    parser = _Parser(prog="yoloforge", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     convert = commands.add_parser("convert", help="Darknet cfg + weights -> ONNX")
-    convert.add_argument("--cfg", required=True)
-    convert.add_argument("--weights", required=True)
-    convert.add_argument("--output", required=True)
+    convert.add_argument("--cfg", required=True, help="the Darknet cfg")
+    convert.add_argument("--weights", required=True, help="the Darknet weights of that cfg")
+    convert.add_argument("--output", required=True, help="the ONNX file to write")
     convert.add_argument("--size", type=_size, help="WIDTH or WIDTHxHEIGHT (default: the cfg's)")
     convert.add_argument("--no-simplify", action="store_true", help="skip onnxsim")
     convert.set_defaults(func=cmd_convert)
 
     synth = commands.add_parser("synth-weights", help="deterministic synthetic weights for a cfg")
-    synth.add_argument("--cfg", required=True)
-    synth.add_argument("--output", required=True)
-    synth.add_argument("--seed", type=int, default=0)
+    synth.add_argument("--cfg", required=True, help="the Darknet cfg to make weights for")
+    synth.add_argument("--output", required=True, help="the weights file to write")
+    synth.add_argument("--seed", type=int, default=0, help="seed of the weights (default: 0)")
     synth.set_defaults(func=cmd_synth_weights)
 
     fetch = commands.add_parser("fetch", help="get a file from the first source that has it")
@@ -411,53 +340,79 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--cfg", help="Darknet cfg, for the 'synthetic' weights source")
     fetch.add_argument("--seed", type=int, default=0, help="seed of synthetic weights")
     fetch.add_argument("--strict", action="store_true", help="refuse the synthetic fallback")
-    fetch.add_argument("--output", required=True)
-    fetch.add_argument("--cache-dir", default="resources/cache")
+    fetch.add_argument("--output", required=True, help="the file to write")
+    fetch.add_argument(
+        "--cache-dir", default="resources/cache", help="downloads kept for reuse (default: %(default)s)"
+    )
     fetch.set_defaults(func=cmd_fetch)
 
     images = commands.add_parser("images", help="evaluation and calibration image sets")
-    images.add_argument("--eval-dir", required=True)
-    images.add_argument("--eval-count", type=_positive_int, default=500)
-    images.add_argument("--calibration-dir", required=True)
-    images.add_argument("--calibration-count", type=_positive_int, default=32)
+    images.add_argument("--eval-dir", required=True, help="folder of the evaluation images to write")
+    images.add_argument(
+        "--eval-count", type=_positive_int, default=500, help="evaluation images (default: %(default)s)"
+    )
+    images.add_argument("--calibration-dir", required=True, help="folder of the INT8 calibration images")
+    images.add_argument(
+        "--calibration-count",
+        type=_positive_int,
+        default=32,
+        help="calibration images (default: %(default)s)",
+    )
     images.add_argument("--coco-annotations", action="append", default=[], help="annotations archive source")
     images.add_argument("--coco-images", action="append", default=[], help="base URL of COCO image folders")
-    images.add_argument("--cache-dir", default="resources/cache")
+    images.add_argument(
+        "--cache-dir", default="resources/cache", help="downloads kept for reuse (default: %(default)s)"
+    )
     images.add_argument("--strict", action="store_true", help="refuse substitute images")
     images.set_defaults(func=cmd_images)
 
     build = commands.add_parser("build", help="build one engine from the ONNX file")
-    build.add_argument("--engine", required=True)
-    build.add_argument("--onnx", required=True)
-    build.add_argument("--precision", default="fp32")
-    build.add_argument("--batch", type=_positive_int, default=1)
-    build.add_argument("--output", required=True)
+    build.add_argument("--engine", required=True, choices=engines, help="the engine to build")
+    build.add_argument("--onnx", required=True, help="the ONNX file of `yoloforge convert`")
+    build.add_argument(
+        "--precision", default="fp32", choices=precisions, help="numeric precision (default: %(default)s)"
+    )
+    build.add_argument(
+        "--batch", type=_positive_int, default=1, help="the batch size it is built for (default: 1)"
+    )
+    build.add_argument("--output", required=True, help="the engine file; its sidecar JSON goes beside it")
     build.add_argument("--cfg", help="Darknet cfg, for engines that read it (opencv-darknet)")
     build.add_argument("--weights", help="Darknet weights, for engines that read them")
     build.add_argument("--calibration", help="folder of INT8 calibration images")
     build.add_argument("--check-images", help="folder of images for the output check after the build")
-    build.add_argument(
-        "--option",
-        action="append",
-        default=[],
-        type=_option,
-        help="engine option KEY=VALUE (max_autotune=false)",
-    )
+    build.add_argument("--option", action="append", default=[], type=_option, help=_engine_options_help())
     build.add_argument("--fingerprint", help="refuse to build unless this machine has this fingerprint id")
     build.set_defaults(func=cmd_build)
 
-    bench = commands.add_parser("bench", help="time one engine on the evaluation images")
-    bench.add_argument("--engine", required=True)
-    bench.add_argument("--engine-file", required=True)
+    bench = commands.add_parser("bench", help="time one round of one engine on the evaluation images")
+    bench.add_argument("--engine", required=True, choices=engines, help="the engine that built the file")
+    bench.add_argument("--engine-file", required=True, help="the engine file of `yoloforge build`")
     bench.add_argument("--onnx", help="refuse the engine unless it was built from this ONNX file")
     bench.add_argument("--fingerprint", help="refuse the engine unless it was built for this fingerprint id")
-    bench.add_argument("--model", required=True)
-    bench.add_argument("--images", required=True)
-    bench.add_argument("--batch", type=_positive_int, default=1)
-    bench.add_argument("--rotate", type=_positive_int, default=4, help="distinct input batches")
-    bench.add_argument("--warmup-seconds", type=_non_negative_float, default=1.0)
-    bench.add_argument("--seconds", type=_non_negative_float, default=5.0)
-    bench.add_argument("--min-iterations", type=_positive_int, default=3)
+    bench.add_argument("--model", required=True, help="the model's name, for the result")
+    bench.add_argument("--images", required=True, help="folder of the evaluation images")
+    bench.add_argument("--batch", type=_positive_int, default=1, help="images per inference (default: 1)")
+    bench.add_argument(
+        "--rotate", type=_positive_int, default=4, help="distinct input batches (default: %(default)s)"
+    )
+    bench.add_argument(
+        "--warmup-seconds",
+        type=_non_negative_float,
+        default=1.0,
+        help="warm-up of each round (default: %(default)s)",
+    )
+    bench.add_argument(
+        "--seconds",
+        type=_non_negative_float,
+        default=5.0,
+        help="timed seconds per scope, over all rounds (default: %(default)s)",
+    )
+    bench.add_argument(
+        "--min-iterations",
+        type=_positive_int,
+        default=3,
+        help="timed iterations per scope at least, over all rounds (default: %(default)s)",
+    )
     bench.add_argument(
         "--rounds",
         type=_positive_int,
@@ -477,37 +432,42 @@ def build_parser() -> argparse.ArgumentParser:
     pool.set_defaults(func=cmd_pool)
 
     reference = commands.add_parser("reference", help="the reference implementation's detections (FP32)")
-    reference.add_argument("--onnx", required=True)
-    reference.add_argument("--cfg", required=True)
-    reference.add_argument("--weights", required=True)
-    reference.add_argument("--images", required=True)
+    reference.add_argument("--onnx", required=True, help="the ONNX file of `yoloforge convert`")
+    reference.add_argument("--cfg", required=True, help="the Darknet cfg it was converted from")
+    reference.add_argument("--weights", required=True, help="the Darknet weights it was converted from")
+    reference.add_argument("--images", required=True, help="folder of the evaluation images")
     reference.add_argument("--count", type=_positive_int, required=True, help="the first COUNT images")
-    reference.add_argument("--output", required=True)
+    reference.add_argument("--output", required=True, help="the detections JSON to write")
     reference.set_defaults(func=cmd_reference)
 
     accuracy = commands.add_parser("accuracy", help="score one engine's detections (COCO mAP, agreement)")
-    accuracy.add_argument("--engine", required=True)
-    accuracy.add_argument("--engine-file", required=True)
-    accuracy.add_argument("--model", required=True)
-    accuracy.add_argument("--images", required=True)
+    accuracy.add_argument("--engine", required=True, choices=engines, help="the engine that built the file")
+    accuracy.add_argument("--engine-file", required=True, help="the engine file of `yoloforge build`")
+    accuracy.add_argument("--model", required=True, help="the model's name, for the result")
+    accuracy.add_argument("--images", required=True, help="folder of the evaluation images")
     accuracy.add_argument("--reference", required=True, help="the JSON of `yoloforge reference`")
-    accuracy.add_argument("--max-map-drop", type=_non_negative_float, default=0.01)
-    accuracy.add_argument("--output", required=True)
+    accuracy.add_argument(
+        "--max-map-drop",
+        type=_non_negative_float,
+        default=0.01,
+        help="the accuracy gate: largest mAP drop below the reference's that passes (default: %(default)s)",
+    )
+    accuracy.add_argument("--output", required=True, help="the accuracy JSON to write")
     accuracy.add_argument("--coco-output", required=True, help="detections in COCO's results format")
     accuracy.add_argument("--draw-dir", help="draw the first images beside the reference's, here")
-    accuracy.add_argument("--draw", type=int, default=4, help="how many images to draw")
+    accuracy.add_argument("--draw", type=int, default=4, help="how many images to draw (default: 4)")
     accuracy.add_argument("--target", default="local", help="the configured target this runs on")
     accuracy.set_defaults(func=cmd_accuracy)
 
     unavailable = commands.add_parser("unavailable", help="the table row of an engine that cannot run here")
     unavailable.add_argument("--device", required=True, help="the JSON of `yoloforge device`")
-    unavailable.add_argument("--model", required=True)
-    unavailable.add_argument("--size", required=True)
-    unavailable.add_argument("--engine", required=True)
-    unavailable.add_argument("--precision", required=True)
-    unavailable.add_argument("--batch", type=_positive_int, required=True)
+    unavailable.add_argument("--model", required=True, help="the model's name")
+    unavailable.add_argument("--size", required=True, help="the model's input size, WIDTH or WIDTHxHEIGHT")
+    unavailable.add_argument("--engine", required=True, choices=engines, help="the engine")
+    unavailable.add_argument("--precision", required=True, choices=precisions, help="its precision")
+    unavailable.add_argument("--batch", type=_positive_int, required=True, help="the batch size")
     unavailable.add_argument("--target", default="local", help="the configured target")
-    unavailable.add_argument("--output", required=True)
+    unavailable.add_argument("--output", required=True, help="the result JSON to write")
     unavailable.set_defaults(func=cmd_unavailable)
 
     table = commands.add_parser("table", help="collect timing results into the comparison table")
@@ -530,12 +490,15 @@ def build_parser() -> argparse.ArgumentParser:
     )
     table.add_argument("--checkout", default=".", help="the workflow's checkout, for its git commit")
     table.add_argument("--config-sha256", default="unknown", help="sha256 of the workflow's config")
-    table.add_argument("results", nargs="+")
+    table.add_argument("results", nargs="+", help="result JSON files of `pool` and `unavailable`")
     table.set_defaults(func=cmd_table)
 
     report = commands.add_parser("report", help="the HTML report: the table and its plots, self-contained")
     report.add_argument("--table", required=True, help="the table (Parquet or CSV)")
-    report.add_argument("--output", required=True)
+    report.add_argument("--output", required=True, help="the HTML file to write")
+    report.add_argument(
+        "--summary", help="also write the decision (which engine to deploy, how sure) as markdown here"
+    )
     report.add_argument("latencies", nargs="*", help="per-iteration latency Parquet files of `bench`")
     report.set_defaults(func=cmd_report)
 
@@ -545,14 +508,36 @@ def build_parser() -> argparse.ArgumentParser:
     compare.add_argument("--output", help="also write the markdown table here")
     compare.set_defaults(func=cmd_compare)
 
-    device = commands.add_parser("device", help="which engines and precisions run here, with fingerprints")
-    device.add_argument("--engine", action="append", help="default: every engine")
-    device.add_argument("--precision", action="append", default=None)
-    device.add_argument("--output", help="write the report as JSON")
+    device = commands.add_parser(
+        "device", help="which engines and precisions run here, with fingerprints (a table on stdout)"
+    )
+    device.add_argument(
+        "--engine",
+        action="append",
+        choices=engines,
+        help="an engine to probe, repeatable (default: every one)",
+    )
+    device.add_argument(
+        "--precision",
+        action="append",
+        choices=precisions,
+        help="a precision, repeatable (default: every one)",
+    )
+    device.add_argument("--output", help="also write the report as JSON")
     device.add_argument(
         "--no-ceilings", action="store_true", help="skip timing the convolution of the roofline's ceilings"
     )
     device.set_defaults(func=cmd_device)
+
+    schema = commands.add_parser(
+        "schema", help="write the config schema's engine parts from the engines' declared facts"
+    )
+    schema.add_argument(
+        "--output",
+        default="workflow/schemas/engines.schema.yaml",
+        help="the schema file (default: %(default)s, which workflow/schemas/config.schema.yaml refers to)",
+    )
+    schema.set_defaults(func=cmd_schema)
     return parser
 
 

@@ -11,20 +11,28 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from yoloforge.backends import baselines
 from yoloforge.device import fingerprint_id
 from yoloforge.errors import YoloforgeError
 from yoloforge.files import atomic_output
 from yoloforge.timing import STAGES
 
-# The unoptimized reference each row is compared with, by the kind of device it ran on: the
-# article's Darknet (OpenCV DNN reads cfg + weights) on a CPU, PyTorch eager on a GPU.
-BASELINES = {"cpu": ("opencv-darknet", "fp32"), "cuda": ("torch-eager", "fp32")}
+# The unoptimized reference each row is compared with, by the kind of device it ran on, as the
+# engines declare it (the article's Darknet through OpenCV DNN on a CPU, PyTorch eager on a GPU).
+BASELINES = baselines()
 ROW = ["target", "model", "width", "height", "engine", "precision", "batch", "scope"]
 ACCURACY_KEY = ["target", "model", "width", "height", "engine", "precision"]
 STAGE_COLUMNS = [f"stage_{stage}_ms" for stage in STAGES]
 # Two-sided 95%: a rerun's p50 falls in its row's rerun interval 19 times in 20, if the machine
 # drifts during the rerun as it did during this run.
 RERUN_Z = 1.96
+# Round drift above which a run is flagged as noisy: twice what the default config gives on a quiet
+# machine (docs/reading-results.md). At 0.2 and two rounds a row, a rerun interval spans x/1.48, so
+# two engines less than about 2.2x apart have overlapping intervals and cannot be ranked.
+DRIFT_WARNING = 0.2
+# Reference boxes below which an agreement figure means little: with fewer than 100, one box found or
+# missed moves recall by more than the gate's default 0.01 mAP drop.
+MIN_REFERENCE_BOXES = 100
 # Accuracy JSON keys that would collide with timing columns get this prefix.
 ACCURACY_RENAMED = {"batch", "images", "images_source", "reference"}
 ACCURACY_COLUMNS = [
@@ -32,6 +40,7 @@ ACCURACY_COLUMNS = [
     "accuracy_images",
     "accuracy_images_source",
     "accuracy_reference",
+    "reference_boxes",
     "coco_map50_95",
     "coco_map50",
     "agreement_precision",
@@ -62,7 +71,7 @@ COLUMNS = [
     *STAGE_COLUMNS,
     "ms_per_image",
     "images_per_second",
-    "sequential_images_per_second",
+    "pipelined_images_per_second",
     "baseline",
     "speedup",
     "gflops_per_image",
@@ -230,7 +239,13 @@ def build_table(
         # Parquet and CSV tables read back alike.
         for column in ACCURACY_NUMBERS:
             table[column] = pd.to_numeric(table[column]).astype(float)
+    # A number even where no result counted FLOPs (every value None), as the figures from it are.
+    table["gflops_per_image"] = pd.to_numeric(table["gflops_per_image"]).astype(float)
     table["ms_per_image"] = table["median_ms"] / table["batch"]
+    # One images/s in every scope, from p50 as speedup is, so that their ratios agree; the
+    # end-to-end pipelined throughput (stages overlapping) is a figure of its own.
+    table["pipelined_images_per_second"] = table["images_per_second"].where(table["scope"] == "end-to-end")
+    table["images_per_second"] = 1000 / table["ms_per_image"]
     table["achieved_tflops"] = table["gflops_per_image"] * table["images_per_second"] / 1e3
     ceilings = _ceilings(list(device_files))
     table["ceiling_tflops"] = pd.Series(
@@ -282,6 +297,7 @@ SUMMARY = {
     "rerun": "rerun p50 95% ms",
     "ms_per_image": "ms/img",
     "images_per_second": "img/s",
+    "pipelined_images_per_second": "pipelined img/s",
     "speedup": "speedup",
     "achieved_tflops": "TFLOP/s",
     "fraction_of_ceiling": "of ceiling",
@@ -300,12 +316,23 @@ def _number(value: Any, digits: int = 3) -> str:
 
 
 def summary_table(table: pd.DataFrame) -> pd.DataFrame:
-    """The comparison table as text cells, the columns people read first."""
+    """The timed rows of the comparison table as text cells, the columns people read first.
+
+    Unavailable rows are left out (summary.unavailable_engines lists them with their reasons).
+    """
+    table = table[table["unavailable"].isna()]
     cells = pd.DataFrame(index=table.index)
     for column in ("model", "engine", "precision", "batch", "scope", "device_name"):
         cells[column] = table[column].map(_number)
     cells["size"] = [f"{w}x{h}" for w, h in zip(table["width"], table["height"], strict=True)]
-    for column in ("median_ms", "ms_per_image", "images_per_second", "speedup", "achieved_tflops"):
+    for column in (
+        "median_ms",
+        "ms_per_image",
+        "images_per_second",
+        "pipelined_images_per_second",
+        "speedup",
+        "achieved_tflops",
+    ):
         cells[column] = table[column].map(_number)
     cells["fraction_of_ceiling"] = table["fraction_of_ceiling"].map(
         lambda fraction: f"{_number(100 * fraction)}%" if fraction == fraction else ""
@@ -325,21 +352,42 @@ def summary_table(table: pd.DataFrame) -> pd.DataFrame:
         )
     ]
     cells["accuracy"] = [_accuracy_cell(row) for _, row in table.iterrows()]
-    unavailable = table["unavailable"].notna()
-    # The reason's first clause; the CSV has all of it.
-    reasons = table.loc[unavailable, "unavailable"].astype(str).str.split(" [(;]", n=1, regex=True).str[0]
-    cells.loc[unavailable, "median_ms"] = "unavailable: " + reasons
     return cells[list(SUMMARY)].rename(columns=SUMMARY)
 
 
+def gate_passes(table: pd.DataFrame) -> pd.Series:
+    """Rows whose accuracy result passes the gate (False where there is none)."""
+    return table["accuracy_gate"].astype("string").str.startswith("pass").fillna(False).astype(bool)
+
+
+def gate_fails(table: pd.DataFrame) -> pd.Series:
+    """Rows whose accuracy result fails the gate (False where there is none)."""
+    return table["accuracy_gate"].notna() & ~gate_passes(table)
+
+
+def _present(value: Any) -> bool:
+    return value is not None and value == value
+
+
+def accuracy_figure(row: pd.Series) -> str:
+    """The gated accuracy figure and what it rests on: COCO mAP on the annotated images, else the
+    agreement mAP@0.5 on the reference's boxes (flagged when they are too few to mean much)."""
+    if _present(row.get("coco_map50_95")):
+        return f"COCO mAP {_number(row['coco_map50_95'])} on {_number(row['accuracy_images'])} images"
+    boxes = row.get("reference_boxes")
+    if not _present(boxes):
+        return f"agreement mAP50 {_number(row['agreement_map50'])} (reference boxes not recorded)"
+    few = " (too few)" if boxes < MIN_REFERENCE_BOXES else ""
+    return f"agreement mAP50 {_number(row['agreement_map50'])} on {int(boxes)} reference boxes{few}"
+
+
 def _accuracy_cell(row: pd.Series) -> str:
-    if row["accuracy_gate"] != row["accuracy_gate"] or row["accuracy_gate"] is None:
+    gate = row["accuracy_gate"]
+    if not _present(gate):
         return ""
-    if row["coco_map50_95"] == row["coco_map50_95"] and row["coco_map50_95"] is not None:
-        figure = f"mAP {_number(row['coco_map50_95'])}"
-    else:
-        figure = f"agreement mAP50 {_number(row['agreement_map50'])}"
-    return f"{figure} ({row['accuracy_gate']})"
+    if str(gate).startswith("pass"):
+        return f"pass: {accuracy_figure(row)}"
+    return f"FAIL: {accuracy_figure(row)}; {str(gate).removeprefix('fail: ')}"
 
 
 def markdown_table(cells: pd.DataFrame) -> str:
@@ -371,7 +419,7 @@ def write_table(
 
 
 def read_table(path: str | os.PathLike) -> pd.DataFrame:
-    """A benchmark table written by write_table (CSV or Parquet)."""
+    """A benchmark table written by write_table (CSV or Parquet), with every column of COLUMNS."""
     try:
         table = pd.read_parquet(path) if Path(path).suffix == ".parquet" else pd.read_csv(path)
     except (OSError, ValueError) as error:
@@ -379,7 +427,14 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
     missing = [column for column in [*ROW, "median_ms"] if column not in table]
     if missing:
         raise YoloforgeError(f"not a benchmark table (no {', '.join(missing)} column)", path)
-    return table
+    if "sequential_images_per_second" in table:
+        # Tables written before images/s had one definition held the pipelined throughput in
+        # images_per_second on end-to-end rows.
+        table["pipelined_images_per_second"] = table["images_per_second"].where(
+            table["scope"] == "end-to-end"
+        )
+        table["images_per_second"] = 1000 / table["ms_per_image"]
+    return table.reindex(columns=[*COLUMNS, *(c for c in table.columns if c not in COLUMNS)])
 
 
 def compare_tables(first: pd.DataFrame, second: pd.DataFrame) -> pd.DataFrame:

@@ -6,10 +6,10 @@ import json
 import os
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
@@ -21,6 +21,64 @@ from yoloforge.images import letterboxes
 
 if TYPE_CHECKING:
     from yoloforge.detections import Boxes
+
+
+# Every precision an engine may declare, and every kind of device it may run on (the "kind" of a
+# device fingerprint).
+PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+DEVICE_KINDS = ("cpu", "cuda")
+OPTION_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string"}
+
+
+@dataclass(frozen=True)
+class BuildOption:
+    """One `--option KEY=VALUE` of an engine's build (config: engine_options)."""
+
+    type: type  # bool, int, float or str
+    help: str
+    # The value when the option is not given: one value, or one per device kind the build runs on.
+    default: Any
+
+    def default_on(self, device_kind: str) -> Any:
+        return self.default[device_kind] if isinstance(self.default, Mapping) else self.default
+
+    def parse(self, name: str, text: str, where: str | os.PathLike | None = None) -> Any:
+        """The option's text as the workflow passes it (booleans lower case) -> its typed value."""
+        if self.type is bool:
+            if text.lower() not in ("true", "false"):
+                raise YoloforgeError(f"{name}={text!r}: expected true or false", where)
+            return text.lower() == "true"
+        try:
+            return self.type(text)
+        except ValueError:
+            raise YoloforgeError(f"{name}={text!r}: expected {OPTION_TYPES[self.type]}", where) from None
+
+
+@dataclass(frozen=True)
+class EngineFacts:
+    """What the workflow, the config schema, the table and the CLI know about an engine without
+    importing its libraries. Declared once, as `facts` on the engine's Backend class."""
+
+    precisions: tuple[str, ...]
+    # Device kinds it runs on, the one it picks where several are present first.
+    devices: tuple[str, ...]
+    # The pyproject extras that install it, and envs/<family>.yaml, the conda env of its jobs.
+    extras: tuple[str, ...]
+    family: str
+    # Whether its build times kernels on the device, so that builds must not overlap: True, or the
+    # name of a boolean build option that switches it (a build that leaves it unset counts as on).
+    times_kernels: bool | str = False
+    options: Mapping[str, BuildOption] = field(default_factory=dict)
+    # Rows on these device kinds are compared with this engine at fp32 (the table's speedup).
+    baseline_on: tuple[str, ...] = ()
+    # The accuracy reference: engines with a rank are tried in rank order, the first that runs fp32.
+    reference_rank: int | None = None
+
+    def builds_time_kernels(self, options: Mapping[str, Any]) -> bool:
+        """Whether a build with these config options (as given, unset ones absent) times kernels."""
+        if isinstance(self.times_kernels, bool):
+            return self.times_kernels
+        return str(options.get(self.times_kernels, True)).lower() == "true"
 
 
 @dataclass
@@ -94,8 +152,20 @@ class Runner(ABC):
 
 
 class Backend(ABC):
-    name: str
-    precisions: tuple[str, ...]
+    name: ClassVar[str]
+    facts: ClassVar[EngineFacts]
+
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        return self.facts.precisions
+
+    def option(self, request: BuildRequest, name: str, device_kind: str) -> Any:
+        """A declared build option's value for this build on this kind of device."""
+        declared = self.facts.options[name]
+        text = request.options.get(name)
+        return (
+            declared.default_on(device_kind) if text is None else declared.parse(name, text, request.output)
+        )
 
     def unavailable_reason(self, precision: str = "fp32") -> str | None:
         """None when this backend can run `precision` here, else why not (a missing library, say)."""
@@ -121,6 +191,12 @@ class Backend(ABC):
             raise YoloforgeError(
                 f"{self.name} has no {request.precision} mode (it has {', '.join(self.precisions)})",
                 request.onnx,
+            )
+        unknown = sorted(set(request.options) - set(self.facts.options))
+        if unknown:
+            known = ", ".join(self.facts.options) or "none"
+            raise YoloforgeError(
+                f"{self.name} has no build option {', '.join(unknown)} (it has {known})", request.output
             )
         reason = self.unavailable_reason(request.precision)
         if reason:

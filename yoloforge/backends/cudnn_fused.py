@@ -28,8 +28,8 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from yoloforge.backends.base import BuildRequest, Runner
-from yoloforge.backends.torch_backend import _configure, _module_for, _switch, _TorchBackend, _TorchRunner
+from yoloforge.backends.base import BuildOption, BuildRequest, EngineFacts, Runner
+from yoloforge.backends.torch_backend import _configure, _module_for, _TorchBackend, _TorchRunner
 from yoloforge.backends.torch_graph import ConvChain, chain_in_torch
 from yoloforge.errors import YoloforgeError
 
@@ -337,7 +337,22 @@ def _frontend_versions() -> dict[str, str]:
 
 class CudnnFusedBackend(_TorchBackend):
     name = "cudnn-fused"
-    precisions = ("fp16", "bf16")
+    # Its build times each chain's cuDNN plans on the GPU.
+    facts = EngineFacts(
+        precisions=("fp16", "bf16"),
+        devices=("cuda",),
+        extras=("torch", "cudnn"),
+        family="cudnn",
+        times_kernels=True,
+        options={
+            "compile": BuildOption(
+                bool,
+                "torch.compile the operators around the fused chains (routes, upsampling, YOLO heads)"
+                " at each load",
+                default=True,
+            )
+        },
+    )
 
     def unavailable_reason(self, precision: str = "fp16") -> str | None:
         reason = super().unavailable_reason(precision)
@@ -362,7 +377,7 @@ class CudnnFusedBackend(_TorchBackend):
         flags = {**self._flags(request), "batch": request.batch}
         # yolov3-416 fp16 at batch 1 on an H200: 0.557 ms compiled against 0.627 ms (torch.compile
         # fuses the heads' 31 elementwise kernels into 4), for about 9 s of compiling at each load.
-        flags["compile"] = _switch(request, "compile", default=True)
+        flags["compile"] = self.option(request, "compile", "cuda")
         _configure(flags)
         chains = CudnnChains(getattr(torch, flags["dtype"]))
         module = _module_for(request.onnx, flags, fuse=chains.fuse)

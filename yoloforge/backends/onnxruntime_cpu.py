@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from yoloforge.backends.base import Backend, BuildRequest, Runner, calibration_batches
+from yoloforge.backends.base import Backend, BuildRequest, EngineFacts, Runner, calibration_batches
 from yoloforge.device import cpu_threads, idle_threads_sleep
 
 
@@ -38,7 +38,13 @@ class _CalibrationReader:
 
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
-    precisions = ("fp32", "fp16", "int8")
+    facts = EngineFacts(
+        precisions=("fp32", "fp16", "int8"),
+        devices=("cpu",),
+        extras=("onnxruntime",),
+        family="onnxruntime",
+        reference_rank=2,
+    )
 
     def unavailable_reason(self, precision: str = "fp32") -> str | None:
         try:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from yoloforge.backends.base import Backend, BuildRequest, Runner
+from yoloforge.backends.base import Backend, BuildRequest, EngineFacts, Runner
 from yoloforge.device import cpu_threads
 from yoloforge.errors import YoloforgeError
 from yoloforge.files import sha256_file
@@ -60,7 +60,16 @@ class _OpenCvRunner(Runner):
 
 class OpenCvDarknetBackend(Backend):
     name = "opencv-darknet"
-    precisions = ("fp32",)
+    # The article's Darknet (OpenCV DNN reads cfg + weights): the CPU baseline, and the first choice
+    # of accuracy reference.
+    facts = EngineFacts(
+        precisions=("fp32",),
+        devices=("cpu",),
+        extras=("opencv",),
+        family="opencv",
+        baseline_on=("cpu",),
+        reference_rank=1,
+    )
 
     def unavailable_reason(self, precision: str = "fp32") -> str | None:
         try:

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from yoloforge.backends.base import Backend, BuildRequest, Runner, calibration_batches
+from yoloforge.backends.base import Backend, BuildRequest, EngineFacts, Runner, calibration_batches
 from yoloforge.device import cpu_threads
 
 INFERENCE_PRECISION = {"fp32": "f32", "bf16": "bf16", "int8": "f32"}
@@ -30,7 +30,9 @@ class _OpenVinoRunner(Runner):
 
 class OpenVinoBackend(Backend):
     name = "openvino"
-    precisions = ("fp32", "bf16", "int8")
+    facts = EngineFacts(
+        precisions=("fp32", "bf16", "int8"), devices=("cpu",), extras=("openvino",), family="openvino"
+    )
 
     def unavailable_reason(self, precision: str = "fp32") -> str | None:
         try:

@@ -14,7 +14,14 @@ from typing import Any
 
 import numpy as np
 
-from yoloforge.backends.base import Backend, BuildRequest, Runner, calibration_batches, onnx_metadata
+from yoloforge.backends.base import (
+    Backend,
+    BuildRequest,
+    EngineFacts,
+    Runner,
+    calibration_batches,
+    onnx_metadata,
+)
 from yoloforge.device import cuda_fingerprint
 
 TIMING_CACHE = "tensorrt-timing.cache"
@@ -32,15 +39,21 @@ class _TrtRunner(Runner):
 
 class TensorRtBackend(Backend):
     name = "tensorrt"
-    precisions = ("fp32", "fp16", "bf16", "int8")
+    # Its builder times tactics (kernels) on the GPU.
+    facts = EngineFacts(
+        precisions=("fp32", "fp16", "bf16", "int8"),
+        devices=("cuda",),
+        extras=("tensorrt",),
+        family="tensorrt",
+        times_kernels=True,
+    )
 
     def unavailable_reason(self, precision: str = "fp32") -> str | None:
         try:
             import tensorrt  # noqa: F401
         except ImportError:
             return (
-                "tensorrt is not installed (its wheels come only from NVIDIA's package index;"
-                " use NVIDIA's TensorRT container)"
+                "tensorrt is not installed (pip install tensorrt polygraphy, or NVIDIA's TensorRT container)"
             )
         try:
             import polygraphy  # noqa: F401

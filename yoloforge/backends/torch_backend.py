@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from yoloforge.backends.base import Backend, BuildRequest, Runner
+from yoloforge.backends.base import Backend, BuildOption, BuildRequest, EngineFacts, Runner
 from yoloforge.backends.torch_pipeline import BatchedNms
 from yoloforge.device import cpu_fingerprint, cpu_threads, cuda_fingerprint
 from yoloforge.errors import YoloforgeError
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from yoloforge.detections import Boxes
 
 DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
-# max-autotune (the default on CUDA; option max_autotune=true|false) benchmarks Triton and
+# torch-aoti's max_autotune (declared in its facts: on by default on CUDA) benchmarks Triton and
 # cuBLAS/cuDNN choices per layer while compiling: minutes per model, fastest to run, which is what
 # an engine file is for. The CPU gets Inductor's defaults.
 
@@ -168,8 +168,6 @@ class _TorchRunner(Runner):
 
 
 class _TorchBackend(Backend):
-    precisions = ("fp32", "fp16", "bf16")
-
     def unavailable_reason(self, precision: str = "fp32") -> str | None:
         try:
             import torch
@@ -243,6 +241,14 @@ def _module_for(onnx: Path, flags: dict[str, Any], fuse=None):
 
 class TorchEagerBackend(_TorchBackend):
     name = "torch-eager"
+    # PyTorch eager: the GPU baseline.
+    facts = EngineFacts(
+        precisions=("fp32", "fp16", "bf16"),
+        devices=("cuda", "cpu"),
+        extras=("torch",),
+        family="torch",
+        baseline_on=("cuda",),
+    )
 
     def _build(self, request: BuildRequest) -> dict[str, Any]:
         flags = self._flags(request)
@@ -259,6 +265,21 @@ class TorchEagerBackend(_TorchBackend):
 
 class TorchAotiBackend(_TorchBackend):
     name = "torch-aoti"
+    facts = EngineFacts(
+        precisions=("fp32", "fp16", "bf16"),
+        devices=("cuda", "cpu"),
+        extras=("torch",),
+        family="torch",
+        times_kernels="max_autotune",
+        options={
+            "max_autotune": BuildOption(
+                bool,
+                "Inductor benchmarks Triton and ATen kernel choices for each layer on the device"
+                " (minutes per model) instead of picking them by heuristics",
+                default={"cuda": True, "cpu": False},
+            )
+        },
+    )
 
     def _build(self, request: BuildRequest) -> dict[str, Any]:
         import torch
@@ -277,7 +298,7 @@ class TorchAotiBackend(_TorchBackend):
         if flags.get("channels_last"):
             # The package is compiled for its example's strides, and prepare() gives it these.
             example = example.contiguous(memory_format=torch.channels_last)
-        configs = {"max_autotune": _switch(request, "max_autotune", default=flags["device"] == "cuda")}
+        configs = {"max_autotune": self.option(request, "max_autotune", flags["device"])}
         exported = torch.export.export(module, (example,))
         # AOTInductor wants a path ending in .pt2, which the build's temporary file does not have
         # (and a package written to an open file did not load on torch 2.11): compile beside it.
@@ -312,14 +333,6 @@ def _on(stream):
     import torch
 
     return torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
-
-
-def _switch(request: BuildRequest, name: str, default: bool) -> bool:
-    """A true|false build option."""
-    value = request.options.get(name, str(default).lower())
-    if value not in ("true", "false"):
-        raise YoloforgeError(f"{name}={value!r}: expected true or false", request.output)
-    return value == "true"
 
 
 def _skip_cpu_isa_probe() -> None:

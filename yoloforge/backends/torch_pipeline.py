@@ -131,17 +131,23 @@ class BatchedNms:
 
     def __call__(self, detections: torch.Tensor) -> list[Boxes]:
         shape = (tuple(detections.shape), detections.dtype)
+        first_of_shape = self.cuda_graphs and shape not in self._graphs
         top = self._staged(shape, self._top_boxes, detections)
+        classes_count = detections.shape[2] - 5
+        if first_of_shape:
+            # Every suppression size this shape can need, captured now: a size first met later
+            # (an image with more detections than any before) would otherwise pay its capture, and
+            # the first its kernel compilation, inside that image's latency.
+            for sizes in all_suppression_sizes(top.indices.shape[1], self.candidates, classes_count):
+                self._staged((*shape, *sizes), lambda _, sizes=sizes: self._suppress(top, *sizes))
         boxes_passing, candidates_passing = top.counts.tolist()
         if not candidates_passing:
             empty = np.zeros((0, 4), dtype=np.float32)
             return [Boxes(empty, empty[:, 0], np.zeros(0, dtype=np.int64)) for _ in range(len(detections))]
-        box_count = _size_for(boxes_passing, top.indices.shape[1])
-        classes_count = detections.shape[2] - 5
-        candidate_count = min(_size_for(candidates_passing, self.candidates), box_count * classes_count)
-        state = self._staged(
-            (*shape, box_count, candidate_count), lambda _: self._suppress(top, box_count, candidate_count)
+        sizes = suppression_sizes(
+            boxes_passing, candidates_passing, top.indices.shape[1], self.candidates, classes_count
         )
+        state = self._staged((*shape, *sizes), lambda _: self._suppress(top, *sizes))
         packed = state.packed.cpu().numpy()
         if not state.settled.item():
             keep = _settle(state.suppresses, state.valid, state.keep)
@@ -339,6 +345,34 @@ def _pack(
 def _size_for(count: int, limit: int) -> int:
     """`count` rounded up to a power of two, at least SMALLEST_NMS_SIZE, at most `limit`."""
     return min(limit, max(SMALLEST_NMS_SIZE, 1 << (count - 1).bit_length()))
+
+
+def suppression_sizes(
+    boxes_passing: int, candidates_passing: int, box_limit: int, candidate_limit: int, classes: int
+) -> tuple[int, int]:
+    """The (box, candidate) counts BatchedNms suppresses over, for a batch whose most passing
+    boxes and candidates in one image are these (candidates_passing at least 1)."""
+    box_count = _size_for(boxes_passing, box_limit)
+    return box_count, min(_size_for(candidates_passing, candidate_limit), box_count * classes)
+
+
+def all_suppression_sizes(box_limit: int, candidate_limit: int, classes: int) -> list[tuple[int, int]]:
+    """Every value suppression_sizes can take with these limits, in ascending order."""
+
+    def rounded(limit: int) -> list[int]:
+        sizes, size = [], SMALLEST_NMS_SIZE
+        while size < limit:
+            sizes.append(size)
+            size *= 2
+        return [*sizes, limit]
+
+    return sorted(
+        {
+            (boxes, min(candidates, boxes * classes))
+            for boxes in rounded(box_limit)
+            for candidates in rounded(candidate_limit)
+        }
+    )
 
 
 def _overlapping(xyxy: torch.Tensor, iou_threshold: float) -> torch.Tensor:
