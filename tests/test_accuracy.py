@@ -198,8 +198,10 @@ def _score(runner, tiny, engine="test", batch=1, max_map_drop=0.01):
     return record
 
 
-def test_reference_finds_the_obvious_objects(tiny):
-    _, _, reference = tiny
+def test_reference_finds_the_obvious_objects(fitted):
+    # Letterboxed: stretched to 320x320, as yolov3-tiny's cfg says (Darknet's default), the cat of
+    # chelsea (451x300) scores under 0.25.
+    _, _, reference = fitted["1"]
     assert reference["reference"] == "opencv-darknet fp32"
     found = {
         image["file"].split("-", 1)[1].removesuffix(".jpg"): {
@@ -306,6 +308,7 @@ class CorruptedRunner(Runner):
 
     def __init__(self, runner: Runner, damage: str) -> None:
         self.runner, self.damage = runner, damage
+        self.letterbox = runner.letterbox
 
     def infer(self, images: np.ndarray) -> np.ndarray:
         detections = np.array(self.runner.infer(images))
