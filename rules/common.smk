@@ -1,19 +1,20 @@
 # Names and paths derived from config; nothing here touches files or devices.
 import hashlib
 import json
-import sys
+import shlex
 
-# The engines' declared facts (precisions, builds that time kernels, conda env), from the
-# workflow's own checkout; importing them loads no engine library.
-sys.path.insert(0, workflow.basedir)
+# The engines' declared facts (precisions, builds that time kernels, conda env).
 from yoloforge import backends
+from yoloforge.config import fetch_arguments, option_arguments, repeated_arguments
 
 # Every rule runs the yoloforge package of the workflow's own checkout, whatever is installed.
-# (Doubled braces: Snakemake formats the prefix with each job's wildcards.)
+# A failing command's one-line error also goes to file descriptor 3, the job's own stderr, which
+# Snakemake shows: the reason is on the console, not only in the job's log.
+# (Doubled braces: Snakemake formats the prefix as it formats a rule's command.)
 shell.prefix(
-    'set -euo pipefail; export PYTHONPATH="'
-    + workflow.basedir
-    + '${{PYTHONPATH:+:$PYTHONPATH}}"; '
+    "set -euo pipefail; export PYTHONPATH="
+    + shlex.quote(workflow.basedir).replace("{", "{{").replace("}", "}}")
+    + '"${{PYTHONPATH:+:$PYTHONPATH}}"; exec 3>&2; export YOLOFORGE_CONSOLE_FD=3; '
 )
 
 
@@ -35,15 +36,6 @@ ACCURACY_ENGINE = (
     f"-b{min(config['batches'])}"
 )
 
-# The schema checks integer sizes; the sides of a "WIDTHxHEIGHT" size are checked here, so a
-# bad size stops the run before any job.
-for model, spec in config["models"].items():
-    for size in spec["sizes"]:
-        if any(int(side) % 32 for side in str(size).split("x")):
-            raise ValueError(
-                f"config: models: {model}: size {size} is not a multiple of 32 on each side"
-            )
-
 
 def target_resources():
     """Each target's scheduler settings, as resources of the jobs that must run on it.
@@ -64,17 +56,16 @@ def target_resources():
 
 
 def asset_args(asset):
-    """Command-line arguments of `yoloforge fetch` for one asset of the config."""
-    sources = " ".join(f"--source '{source}'" for source in asset["sources"])
-    return f"{sources} --sha256 '{asset.get('sha256', '')}'"
+    """Command-line arguments of `yoloforge fetch` for one asset of the config, quoted."""
+    limits = config["download"]
+    return fetch_arguments(asset) + (
+        f" --timeout {limits['timeout_seconds']} --deadline {limits['deadline_seconds']}"
+    )
 
 
 def engine_options(wildcards):
-    """`--option KEY=VALUE` arguments of `yoloforge build` from config's engine_options."""
-    options = config.get("engine_options", {}).get(wildcards.engine, {})
-    return " ".join(
-        f"--option {key}={str(value).lower()}" for key, value in options.items()
-    )
+    """`--option KEY=VALUE` arguments of `yoloforge build` from config's engine_options, quoted."""
+    return option_arguments(config.get("engine_options", {}).get(wildcards.engine, {}))
 
 
 def build_times_kernels(wildcards):

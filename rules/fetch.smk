@@ -40,7 +40,7 @@ rule fetch_weights:
         seed=lambda wc: config["models"][wc.model]["weights"].get("synthetic_seed", 0),
         strict=STRICT,
     shell:
-        "python -m yoloforge fetch {params.asset} --cfg {input.cfg} --seed {params.seed}"
+        "python -m yoloforge fetch {params.asset} --binary --cfg {input.cfg} --seed {params.seed}"
         " {params.strict} --output {output} > {log} 2>&1"
 
 
@@ -55,13 +55,12 @@ rule images:
     params:
         counts=f"--eval-count {config['images']['count']}"
         f" --calibration-count {config['images'].get('calibration_count', 32)}",
-        coco=" ".join(
-            [
-                f"--coco-annotations '{s}'"
-                for s in config["images"].get("coco_annotations", [])
-            ]
-            + [f"--coco-images '{s}'" for s in config["images"].get("coco_images", [])]
-        ),
+        # A function: Snakemake would read braces in a string parameter as wildcards.
+        coco=lambda wildcards: repeated_arguments(
+            "--coco-annotations", config["images"].get("coco_annotations", [])
+        )
+        + " "
+        + repeated_arguments("--coco-images", config["images"].get("coco_images", [])),
         strict=STRICT,
     shell:
         "python -m yoloforge images --eval-dir {output.evaluation}"

@@ -32,7 +32,7 @@ rule table:
         config_sha256=config_sha256(),
     shell:
         "python -m yoloforge table --output {output.csv} --parquet {output.parquet}"
-        " --markdown {output.markdown} --checkout {params.checkout}"
+        " --markdown {output.markdown} --checkout {params.checkout:q}"
         " --config-sha256 {params.config_sha256} {input.rows}"
         " --accuracy {input.accuracy} --device {input.device} > {log} 2>&1"
 

@@ -19,7 +19,7 @@ from yoloforge.timing import SCOPES, STAGES, TimingBudget
 RESULT_KEYS = [
     "model", "width", "height", "engine", "precision", "batch", "target", "threads", "rounds",
     "round_started", "scopes", "flops_per_image", "build_seconds", "engine_bytes", "weights_source",
-    "images_source", "image_formats", "device", "libraries",
+    "weights_verified", "images_source", "image_formats", "device", "libraries",
 ]  # fmt: skip
 LATENCY_COLUMNS = [
     "scope", "round", "iteration", "latency_ms", *(f"stage_{stage}_ms" for stage in STAGES),

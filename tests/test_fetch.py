@@ -187,10 +187,13 @@ def test_killed_download_resumes_on_rerun(server, tmp_path):
     args += ["--output", str(output), "--cache-dir", str(tmp_path / "cache")]
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen([sys.executable, "-m", "yoloforge", *args], env=env, stderr=subprocess.DEVNULL)
-    partial = tmp_path / "big.bin.staged.part"
     deadline = time.monotonic() + 30
-    while (not partial.exists() or partial.stat().st_size < 1 << 18) and time.monotonic() < deadline:
+    while time.monotonic() < deadline:
+        partials = list(tmp_path.glob("big.bin.staged.*.part"))
+        if partials and partials[0].stat().st_size >= 1 << 18:
+            break
         time.sleep(0.05)
+    partial = partials[0]
     process.send_signal(signal.SIGKILL)
     process.wait()
     kept = partial.stat().st_size
@@ -201,3 +204,150 @@ def test_killed_download_resumes_on_rerun(server, tmp_path):
     assert output.read_bytes() == payload
     assert server.requests[-1] == ("/big.bin", f"bytes={kept}-")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.bin", "big.bin.json", "cache"]
+
+
+# The faults of an outside trial: each ends in the verified file or one line naming the source and
+# the reason, never a wrong file under the final name. Deadlines are short so a hang fails fast.
+QUICK = {"timeout": 0.5, "deadline": 2.0}
+
+
+def _only_output(folder: Path, name: str) -> None:
+    """Nothing but the output and its provenance: no partial or staged file is left behind."""
+    assert sorted(p.name for p in folder.iterdir() if p.name != "cache") == [name, f"{name}.json"]
+
+
+def test_a_source_that_failed_part_way_is_not_continued_from_the_next(server, tmp_path):
+    server.files["/a.bin"] = PAYLOAD
+    server.faults["/a.bin"] = ["drop", "404"]  # half of the file, then the source is gone
+    stale = tmp_path / "w.bin.staged.0123456789abcdef.part"  # a killed run's, of another source
+    stale.write_bytes(PAYLOAD[:1000])
+    sources = [f"{server.url}/a.bin", f"{server.url}/w.bin", "synthetic"]
+    record = fetch(sources, tmp_path / "w.bin", SHA, tmp_path / "cache", synthesize=pytest.fail, **QUICK)
+    assert record["source"] == f"{server.url}/w.bin" and record["verified"]
+    assert (tmp_path / "w.bin").read_bytes() == PAYLOAD
+    # The mirror is asked for the whole file, not for the rest of the first source's part.
+    assert [request for request in server.requests if request[0] == "/w.bin"] == [("/w.bin", None)]
+    assert record["failed_sources"] == [
+        f"{server.url}/a.bin: download failed: {server.url}/a.bin: HTTP 404 Not Found"
+    ]
+    _only_output(tmp_path, "w.bin")
+
+
+@pytest.mark.parametrize(
+    ("fault", "reason"),
+    [
+        ("cut-chunked", "IncompleteRead"),
+        ("bad-status", "BadStatusLine"),
+        ("bad-length", "malformed Content-Length 'abc'"),
+        ("drop", "connection closed after 150000 of 300000 bytes"),
+    ],
+)
+def test_a_malformed_reply_fails_its_source_and_the_next_is_tried(server, tmp_path, fault, reason):
+    server.files["/a.bin"] = PAYLOAD
+    server.faults["/a.bin"] = [fault]
+    sources = [f"{server.url}/a.bin", f"{server.url}/w.bin"]
+    record = fetch(sources, tmp_path / "w.bin", SHA, tmp_path / "cache", retries=0, **QUICK)
+    assert record["source"] == sources[1]
+    [failure] = record["failed_sources"]
+    assert failure.startswith(f"{sources[0]}: download failed after 1 attempts") and reason in failure
+    _only_output(tmp_path, "w.bin")
+
+
+@pytest.mark.parametrize("fault", ["cut-chunked", "bad-status", "bad-length", "429", "503"])
+def test_a_malformed_or_refused_reply_is_retried(server, tmp_path, fault):
+    server.faults["/w.bin"] = [fault]
+    delays = []
+    download(f"{server.url}/w.bin", tmp_path / "w.bin", SHA, sleep=delays.append, **QUICK)
+    assert (tmp_path / "w.bin").read_bytes() == PAYLOAD
+    assert delays == ([0.0] if fault in ("429", "503") else [1.0])  # Retry-After: 0, else the backoff
+
+
+def test_retry_after_past_the_deadline_fails_at_once(server, tmp_path):
+    server.faults["/w.bin"] = ["503-hour"]
+    delays = []
+    with pytest.raises(
+        YoloforgeError,
+        match=r"deadline of 2 s reached \(attempt 1: HTTP 503 \w+ \w+; the next would wait 3600 s",
+    ):
+        download(f"{server.url}/w.bin", tmp_path / "w.bin", SHA, sleep=delays.append, **QUICK)
+    assert delays == [] and list(tmp_path.iterdir()) == []
+
+
+def test_a_slow_drip_is_given_up_at_the_deadline(server, tmp_path):
+    server.files["/drip.bin"] = PAYLOAD[:100]  # 20 s at a byte every 0.2 s
+    server.faults["/drip.bin"] = ["drip"]
+    sources = [f"{server.url}/drip.bin", f"{server.url}/w.bin"]
+    record = fetch(sources, tmp_path / "w.bin", SHA, tmp_path / "cache", timeout=0.5, deadline=1.0)
+    assert record["source"] == sources[1]
+    assert "deadline" in record["failed_sources"][0] and record["failed_sources"][0].startswith(sources[0])
+    _only_output(tmp_path, "w.bin")
+
+
+def test_the_deadline_is_an_option_of_the_command(server, tmp_path):
+    server.files["/drip.bin"] = PAYLOAD[:100]
+    server.faults["/drip.bin"] = ["drip"]
+    output = tmp_path / "w.bin"
+    result = run_cli(
+        "fetch", "--source", f"{server.url}/drip.bin", "--timeout", "0.5", "--deadline", "1",
+        "--output", str(output), "--cache-dir", str(tmp_path / "cache"),
+    )  # fmt: skip
+    assert result.returncode == 2
+    line = result.stderr.strip().splitlines()[-1]  # after the log's warnings
+    assert (
+        line.startswith("yoloforge: error:")
+        and f"{server.url}/drip.bin" in line
+        and "deadline of 1 s reached" in line
+    )
+    assert not output.exists()
+
+
+def test_a_range_reply_at_the_wrong_offset_restarts_from_zero(server, tmp_path):
+    server.faults["/w.bin"] = ["drop", "wrong-range"]
+    record = fetch([f"{server.url}/w.bin"], tmp_path / "w.bin", None, tmp_path / "cache", **QUICK)
+    assert (tmp_path / "w.bin").read_bytes() == PAYLOAD  # right without a sha256 to catch it
+    assert [r[1] for r in server.requests] == [None, f"bytes={len(PAYLOAD) // 2}-", None]
+    assert record["verified"] is False
+
+
+@pytest.mark.parametrize(
+    ("fault", "reason"),
+    [
+        ("gzip", "Content-Encoding gzip"),
+        ("html", "an HTML page (Content-Type text/html)"),
+        ("html-as-binary", "an HTML page"),
+    ],
+)
+def test_a_body_that_is_not_the_file_is_refused_without_a_sha256(server, tmp_path, fault, reason):
+    server.faults["/w.bin"] = [fault]
+    with pytest.raises(YoloforgeError, match="every source failed") as error:
+        fetch([f"{server.url}/w.bin"], tmp_path / "w.bin", None, tmp_path / "cache", **QUICK)
+    assert f"{server.url}/w.bin: download failed: {server.url}/w.bin: " in str(error.value)
+    assert reason in str(error.value) and "\n" not in str(error.value)
+    assert list(tmp_path.iterdir()) == [tmp_path / "cache"] or list(tmp_path.iterdir()) == []
+
+
+def test_text_where_binary_weights_were_expected(server, tmp_path):
+    server.files["/notes.txt"] = b"weights moved to another host\n"
+    sources = [f"{server.url}/notes.txt", f"{server.url}/w.bin"]
+    record = fetch(sources, tmp_path / "w.bin", None, tmp_path / "cache", binary=True, **QUICK)
+    assert record["source"] == sources[1] and record["verified"] is False
+    assert record["failed_sources"] == [f"{sources[0]}: a text file where binary data was expected"]
+    assert read_provenance(tmp_path / "w.bin")["verified"] is False
+
+
+def test_redirect_chains_are_followed_and_loops_fail_their_source(server, tmp_path):
+    server.redirects |= {"/r1": "/r2", "/r2": f"{server.url}/w.bin", "/loop1": "/loop2", "/loop2": "/loop1"}
+    record = fetch([f"{server.url}/loop1", f"{server.url}/r1"], tmp_path / "w.bin", SHA, tmp_path / "cache")
+    assert record["source"] == f"{server.url}/r1" and (tmp_path / "w.bin").read_bytes() == PAYLOAD
+    assert "infinite loop" in record["failed_sources"][0]
+
+
+def test_strict_requires_a_sha256(server, tmp_path):
+    with pytest.raises(YoloforgeError, match="strict mode needs a sha256"):
+        fetch([f"{server.url}/w.bin"], tmp_path / "w.bin", None, tmp_path / "cache", strict=True)
+    assert server.requests == [] and list(tmp_path.iterdir()) == []
+
+
+def test_a_directory_source_is_named_as_such(tmp_path):
+    with pytest.raises(YoloforgeError, match="local source is not a file"):
+        fetch([str(tmp_path)], tmp_path / "out" / "w.bin", None, tmp_path / "cache")

@@ -1,4 +1,5 @@
-"""Fuzzing the cfg parser and the weights reader: any input gives a network or a YoloforgeError.
+"""Fuzzing the cfg parser, the weights reader and the workflow config: any input gives a result
+or a YoloforgeError.
 
 Mutations start from real cfg files (yolov3-tiny and every-layer) and a real weights layout.
 Every example has a deadline, and one that runs far past it is interrupted, so a hang fails
@@ -8,16 +9,22 @@ as surely as a crash.
 from __future__ import annotations
 
 import functools
+import os
+import re
 import signal
+import subprocess
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from tests.conftest import DATA, MODELS
+from tests.conftest import DATA, MODELS, ROOT, run_cli
+from tests.test_workflow import snakemake
+from yoloforge.config import check_config, fetch_arguments, option_arguments, repeated_arguments
 from yoloforge.darknet.cfg import build_network, load_cfg, parse_cfg_text
 from yoloforge.darknet.weights import WeightsHeader, read_header, read_weights
 from yoloforge.errors import YoloforgeError
@@ -206,3 +213,209 @@ def test_weights_header_reads_or_fails_cleanly(content):
     except YoloforgeError:
         return
     assert header.size <= len(content) and header.seen >= 0
+
+
+# The config: hostile or mistaken values anywhere are refused in one line, or reach the commands
+# as exactly the arguments they are, never as shell code.
+MARKER = "INJECTED"
+HOSTILE = [
+    f"x'$(touch {MARKER})'", f'"; touch {MARKER}; "', f"`touch {MARKER}`", f"$(touch {MARKER})",
+    f"a; touch {MARKER}", f"a && touch {MARKER} #", f"{{output}}; touch {MARKER}", "a b", "--output=/x",
+    "-", "'", '"', "\\", "é漢字", "a\nb", "\x00", "\t", "{wildcards}", "*", "~", "$HOME", "a" * 5000, "",
+]  # fmt: skip
+EXTREME_NUMBERS = [
+    0,
+    -1,
+    1,
+    31,
+    32,
+    1024,
+    1025,
+    4096,
+    8192,
+    2**31,
+    2**63,
+    1e308,
+    -1e308,
+    0.5,
+    float("nan"),
+    True,
+]
+SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+TEXT = st.sampled_from(HOSTILE) | st.text(max_size=40)
+NUMBER = st.sampled_from(EXTREME_NUMBERS) | st.integers() | st.floats()
+
+
+def _base_config() -> dict:
+    return {
+        "models": {
+            "net": {
+                "cfg": {"sources": ["models/yolov3-tiny.cfg"]},
+                "weights": {"sources": ["synthetic"]},
+                "sizes": [64],
+            }
+        },
+        "engines": {"onnxruntime": ["fp32"]},
+        # The one engine option typed as anything: hostile values must be refused by its type.
+        "engine_options": {"torch-aoti": {"max_autotune": False}},
+        "batches": [1],
+        "images": {"count": 2, "calibration_count": 2, "coco_annotations": [], "coco_images": []},
+        "timing": {"warmup_seconds": 0, "seconds": 0.1, "min_iterations": 2},
+    }
+
+
+@st.composite
+def hostile_config(draw) -> tuple[str, dict, bool]:
+    """YAML text of a config with hostile strings, extreme numbers and maybe a key written twice."""
+    config = _base_config()
+    model = config["models"]["net"]
+    for _ in range(draw(st.integers(1, 5))):
+        field = draw(st.sampled_from(
+            ["cfg", "weights", "sha256", "coco", "option_key", "option_value", "model", "target", "number"]
+        ))  # fmt: skip
+        if field in ("cfg", "weights"):
+            model[field]["sources"].insert(0, draw(TEXT))
+        elif field == "sha256":
+            model["weights"]["sha256"] = draw(TEXT)
+        elif field == "coco":
+            config["images"][draw(st.sampled_from(["coco_annotations", "coco_images"]))].append(draw(TEXT))
+        elif field == "option_key":
+            config["engine_options"]["torch-aoti"][draw(TEXT)] = 1
+        elif field == "option_value":
+            config["engine_options"]["torch-aoti"]["max_autotune"] = draw(TEXT | NUMBER)
+        elif field == "model":
+            config["models"] = {draw(TEXT): model}
+        elif field == "target":
+            config["targets"] = {draw(TEXT): {}}
+        else:
+            section, key = draw(st.sampled_from(
+                [("batches", 0), ("images", "count"), ("timing", "seconds"), ("timing", "min_iterations"),
+                 ("sizes", 0), ("download", "deadline_seconds")]
+            ))  # fmt: skip
+            holder = model["sizes"] if section == "sizes" else config.setdefault(section, {})
+            holder[key] = draw(NUMBER)
+    lines = yaml.safe_dump(config, allow_unicode=True, width=1 << 20).splitlines()
+    twice = draw(st.booleans())
+    if twice:  # a line that starts a key, repeated
+        keyed = [index for index, line in enumerate(lines) if re.match(r"^\s*[\w-]+:", line)]
+        index = draw(st.sampled_from(keyed))
+        lines.insert(index + 1, lines[index])
+    return "\n".join(lines) + "\n", config, twice
+
+
+def _planned_arguments(config: dict) -> list[tuple[str, list[str]]]:
+    """Each command-line text the workflow builds from config, with the arguments it must be."""
+    planned = []
+    for spec in config["models"].values():
+        for asset in ("cfg", "weights"):
+            expected = [part for source in spec[asset]["sources"] for part in ("--source", source)]
+            if spec[asset].get("sha256"):
+                expected += ["--sha256", spec[asset]["sha256"]]
+            planned.append((fetch_arguments(spec[asset]), expected))
+    for options in config.get("engine_options", {}).values():
+        written = {
+            key: str(value).lower() if isinstance(value, bool) else value for key, value in options.items()
+        }
+        expected = [part for key, value in written.items() for part in ("--option", f"{key}={value}")]
+        planned.append((option_arguments(options), expected))
+    for key in ("coco_annotations", "coco_images"):
+        flag = "--" + key.replace("_", "-")
+        values = config["images"].get(key, [])
+        planned.append(
+            (repeated_arguments(flag, values), [part for value in values for part in (flag, value)])
+        )
+    return planned
+
+
+@settings(max_examples=200, deadline=5000, derandomize=True, suppress_health_check=list(HealthCheck))
+@given(hostile_config())
+@interrupt_hangs
+def test_hostile_config_is_refused_in_one_line_or_quoted(scratch, drawn):
+    text, config, twice = drawn
+    path = scratch / "config.yaml"
+    path.write_text(text)
+    loaded = yaml.safe_load(text)  # as Snakemake reads it: a key written twice keeps the last
+    try:
+        check_config(loaded, SCHEMA, files=[path])
+    except YoloforgeError as error:
+        message = str(error)
+        assert "\n" not in message and len(message) < 500, message
+        assert message.startswith(("config: ", f"{path}: line ")), message
+        event("refused")
+        return
+    event("accepted")
+    assert not twice and loaded == config
+    marker = scratch / MARKER
+    for command_line, expected in _planned_arguments(loaded):
+        run = subprocess.run(
+            ["bash", "-c", f"printf '%s\\0' {command_line}"], cwd=scratch, capture_output=True
+        )
+        assert run.returncode == 0, run.stderr
+        assert run.stdout.decode().split("\0")[:-1] == (expected or [""])  # printf prints once at least
+        assert not marker.exists()
+
+
+# Strings that pass the schema, each trying another way out of its quotes.
+PLANNED_HOSTILE = [text for text in HOSTILE[:7] if "\n" not in text]
+# Stands in for `python`: records its arguments, NUL-separated, one call a line.
+# `cat` of outputs that the recorder never wrote (the report rule prints the summary) does nothing.
+RECORDER = """python() { printf '%s\\0' "$@" >> "$CALLS"; printf '\\n' >> "$CALLS"; }; cat() { :; }; """
+
+
+def _values_of(flag: str, arguments: list[str]) -> list[str]:
+    return [arguments[index + 1] for index, argument in enumerate(arguments) if argument == flag]
+
+
+def test_dry_run_plans_commands_that_run_no_injected_code(tmp_path):
+    """The shell lines of `snakemake -n --printshellcmds`, run with `python` standing in for a
+    command that records its arguments: no injected command runs, each string is one argument."""
+    config = _base_config()
+    spec = config["models"]["net"]
+    spec["cfg"]["sources"] = [str(ROOT / "models" / "yolov3-tiny.cfg"), *PLANNED_HOSTILE]
+    spec["weights"]["sources"] = [*PLANNED_HOSTILE, "synthetic"]
+    config["images"] |= {"coco_annotations": PLANNED_HOSTILE, "coco_images": PLANNED_HOSTILE[::-1]}
+    # Engine options are typed by each engine's declared facts, so no hostile string gets this far.
+    config["engines"]["torch-aoti"] = ["fp32"]
+    config["engine_options"]["torch-aoti"] = {"max_autotune": False}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    # This machine's device probe, so that the plan goes on to the build commands with their options.
+    device = tmp_path / "results" / "device" / "local.json"
+    probe = run_cli(
+        "device",
+        "--engine",
+        "onnxruntime",
+        "--engine",
+        "torch-aoti",
+        "--no-ceilings",
+        "--output",
+        str(device),
+    )
+    assert probe.returncode == 0, probe.stderr
+    plan = snakemake(tmp_path, "-n", "--printshellcmds")
+    assert plan.returncode == 0, plan.stdout + plan.stderr
+    lines = [
+        line.split("Shell command: ", 1)[1] for line in plan.stdout.splitlines() if "Shell command: " in line
+    ]
+    lines = [line for line in lines if line != "None"]  # rule all runs nothing
+    calls = tmp_path / "calls"
+    for line in lines:
+        for redirected in re.findall(r"> (\S+)", line):
+            (tmp_path / redirected).parent.mkdir(parents=True, exist_ok=True)
+        run = subprocess.run(
+            ["bash", "-c", RECORDER + line], cwd=tmp_path, env={**os.environ, "CALLS": str(calls)}
+        )
+        assert run.returncode == 0, line
+    assert not list(tmp_path.rglob(MARKER))
+    arguments = [call.split("\0")[:-1] for call in calls.read_text().split("\n") if call]
+    commands = {}
+    for call in arguments:
+        commands.setdefault(call[2], []).append(call)  # python -m yoloforge COMMAND ...
+    assert sorted(_values_of("--source", call) for call in commands["fetch"]) == sorted(
+        [spec["cfg"]["sources"], spec["weights"]["sources"]]
+    )
+    [images] = commands["images"]
+    assert _values_of("--coco-annotations", images) == PLANNED_HOSTILE
+    assert _values_of("--coco-images", images) == PLANNED_HOSTILE[::-1]
+    builds = {call[call.index("--engine") + 1]: call for call in commands["build"]}
+    assert _values_of("--option", builds["torch-aoti"]) == ["max_autotune=false"]
+    assert _values_of("--option", builds["onnxruntime"]) == []

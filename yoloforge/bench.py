@@ -106,6 +106,7 @@ def time_round(spec: Round) -> tuple[dict[str, Any], pd.DataFrame]:
         "build_seconds": sidecar["build_seconds"],
         "engine_bytes": sidecar["engine_bytes"],
         "weights_source": sidecar["model"].get("weights_source", "unknown"),
+        "weights_verified": sidecar["model"].get("weights_verified", "unknown"),
         "images_source": image_set_source(spec.images),
         "image_formats": sorted({path.suffix.lower().lstrip(".") for path in paths}),
         "device": sidecar["device"],

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import statistics
 import time
+from collections.abc import Callable
 from typing import Any
 
 from yoloforge.device import cpu_fingerprint, cpu_threads, cuda_fingerprint
@@ -27,6 +28,12 @@ CPU_SHAPE = (1, 256, 52)
 WARMUP_SECONDS = {"cuda": 1.0, "cpu": 0.2}
 SECONDS = {"cuda": 2.0, "cpu": 0.6}
 WINDOW_CALLS = {"cuda": 10, "cpu": 1}
+# The timed seconds are split into REPEATS consecutive stretches, each giving its median window. A
+# machine busy with something else for part of the probe makes them differ; when the slowest
+# and fastest differ by more than AGREEMENT of the median, the figure is kept but marked as not
+# agreeing, and the table computes no fraction of it.
+REPEATS = 3
+AGREEMENT = 0.10
 
 
 def _torch():
@@ -110,22 +117,46 @@ def _time_convolution(torch, device: str, dtype, shape: tuple[int, int, int]) ->
         end.synchronize()
         return start.elapsed_time(end) / calls
 
-    times = []
     with torch.inference_mode():
         # The first calls also pick the algorithm (cudnn.benchmark).
         began = time.perf_counter()
         while time.perf_counter() - began < WARMUP_SECONDS[device]:
             window()
-        began = time.perf_counter()
-        while not times or time.perf_counter() - began < SECONDS[device]:
-            times.append(window())
-    ms = statistics.median(times)
+        stretches = timed_stretches(window, SECONDS[device], REPEATS)
     flops = 2 * batch * channels * channels * 9 * size * size
     ceiling = {
-        "tflops": flops / (ms / 1e3) / 1e12,
+        **agreement(stretches),
         "shape": f"conv 3x3 stride 1 pad 1, N={batch} C=K={channels} {size}x{size}, channels-last",
-        "ms": ms,
-        "timing": f"median of {len(times)} windows of {calls} calls after {WARMUP_SECONDS[device]} s warm-up",
+        "timing": f"median of {sum(map(len, stretches))} windows of {calls} calls in {REPEATS} stretches"
+        f" after {WARMUP_SECONDS[device]} s warm-up",
     }
-    log.info("%s %s ceiling: %.1f TFLOP/s (%.3f ms)", device, dtype, ceiling["tflops"], ms)
+    ceiling["tflops"] = flops / (ceiling["ms"] / 1e3) / 1e12
+    log.info("%s %s ceiling: %.1f TFLOP/s (%.3f ms)", device, dtype, ceiling["tflops"], ceiling["ms"])
+    if not ceiling["agree"]:
+        log.warning(
+            "%s %s ceiling not trusted: its %d stretches differ by %.0f%% (more than %.0f%%);"
+            " was the machine busy? The table gives no fraction of it",
+            device, dtype, REPEATS, 100 * ceiling["spread"], 100 * AGREEMENT,
+        )  # fmt: skip
     return ceiling
+
+
+def timed_stretches(window: Callable[[], float], seconds: float, repeats: int) -> list[list[float]]:
+    """`repeats` consecutive stretches of seconds / repeats, each a list of window() results."""
+    stretches = []
+    for _ in range(repeats):
+        times: list[float] = []
+        began = time.perf_counter()
+        while not times or time.perf_counter() - began < seconds / repeats:
+            times.append(window())
+        stretches.append(times)
+    return stretches
+
+
+def agreement(stretches: list[list[float]]) -> dict[str, Any]:
+    """The median window over all stretches ("ms"), and whether the stretches' medians agree:
+    "spread" is (slowest - fastest) / that median, "agree" whether it is within AGREEMENT."""
+    ms = statistics.median(time for stretch in stretches for time in stretch)
+    medians = [statistics.median(stretch) for stretch in stretches]
+    spread = (max(medians) - min(medians)) / ms
+    return {"ms": ms, "stretch_ms": medians, "spread": spread, "agree": spread <= AGREEMENT}

@@ -6,7 +6,9 @@ Errors the user can fix come out as one line naming the file and the problem, ex
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import NoReturn
@@ -15,6 +17,8 @@ from yoloforge.device import share_cores_when_idle
 from yoloforge.errors import YoloforgeError
 
 log = logging.getLogger("yoloforge")
+# The workflow's rules name here a file descriptor of the console, for the reason a command fails.
+CONSOLE_FD_VARIABLE = "YOLOFORGE_CONSOLE_FD"
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -37,6 +41,13 @@ def _option(text: str) -> str:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"{text!r} is not KEY=VALUE")
     return text
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"{text} is not a positive number")
+    return value
 
 
 def _non_negative_float(text: str) -> float:
@@ -74,6 +85,9 @@ def cmd_fetch(args: argparse.Namespace) -> None:
         args.cache_dir,
         synthesize=synthesize if args.cfg else None,
         strict=args.strict,
+        binary=args.binary,
+        timeout=args.timeout,
+        deadline=args.deadline,
     )
     log.info("%s: from %s (sha256 %s)", args.output, record.get("origin", "synthetic"), record["sha256"])
 
@@ -339,7 +353,16 @@ def build_parser() -> argparse.ArgumentParser:
     fetch.add_argument("--sha256", help="expected sha256 of the file (not of an archive)")
     fetch.add_argument("--cfg", help="Darknet cfg, for the 'synthetic' weights source")
     fetch.add_argument("--seed", type=int, default=0, help="seed of synthetic weights")
-    fetch.add_argument("--strict", action="store_true", help="refuse the synthetic fallback")
+    fetch.add_argument(
+        "--strict", action="store_true", help="refuse the synthetic fallback and a file without --sha256"
+    )
+    fetch.add_argument("--binary", action="store_true", help="a source that yields text is wrong")
+    fetch.add_argument(
+        "--timeout", type=_positive_float, default=60.0, help="seconds to wait for the next bytes"
+    )
+    fetch.add_argument(
+        "--deadline", type=_positive_float, default=1800.0, help="seconds for one source, retries included"
+    )
     fetch.add_argument("--output", required=True, help="the file to write")
     fetch.add_argument(
         "--cache-dir", default="resources/cache", help="downloads kept for reuse (default: %(default)s)"
@@ -554,9 +577,24 @@ def main(argv: list[str] | None = None) -> int:
     try:
         args.func(args)
     except YoloforgeError as error:
-        print(f"yoloforge: error: {error}", file=sys.stderr)
+        _tell(f"yoloforge: error: {error}")
         return 2
+    except Exception as error:
+        _tell(f"yoloforge: {args.command} failed: {type(error).__name__}: {error}", console_only=True)
+        raise
     return 0
+
+
+def _tell(line: str, console_only: bool = False) -> None:
+    """Print the reason a command fails, also to the console the workflow gives (whose stderr
+    otherwise goes to the job's log only)."""
+    line = " ".join(line.split())
+    if not console_only:
+        print(line, file=sys.stderr)
+    console = os.environ.get(CONSOLE_FD_VARIABLE)
+    if console and console.isdigit():
+        with contextlib.suppress(OSError):
+            os.write(int(console), f"{line}\n".encode())
 
 
 if __name__ == "__main__":

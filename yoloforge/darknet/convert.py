@@ -51,10 +51,14 @@ def convert(
     _, params = read_weights(weights, network)
     width, height = size or (network.width, network.height)
     network.shapes(width, height)  # size errors before any work
+    provenance = read_provenance(weights)
     metadata = {
         "cfg": os.path.basename(os.fspath(cfg)),
         "weights_sha256": sha256_file(weights),
-        "weights_source": read_provenance(weights).get("source", "unknown"),
+        "weights_source": provenance.get("source", "unknown"),
+        # Whether a sha256 from the config verified the weights ("no": fetched without one). Words,
+        # not booleans: the CSV table reads back as the Parquet one does.
+        "weights_verified": {True: "yes", False: "no"}.get(provenance.get("verified"), "unknown"),
     }
     model = export_onnx(network, params, width, height, metadata)
     onnx.checker.check_model(model, full_check=True)
