@@ -16,10 +16,19 @@ from yoloforge.accuracy import (
     score_engine,
 )
 from yoloforge.backends import BuildRequest, Runner, get_backend
+from yoloforge.backends.opencv_darknet import cfg_letter_box
 from yoloforge.darknet.convert import convert
 from yoloforge.datasets import write_substitute_set
-from yoloforge.detections import Boxes, mean_average_precision, to_source_pixels
-from yoloforge.images import BUNDLED_PHOTOS, image_paths, letterbox_geometry
+from yoloforge.detections import Boxes, agreement, mean_average_precision, to_source_pixels
+from yoloforge.errors import YoloforgeError
+from yoloforge.images import (
+    BUNDLED_PHOTOS,
+    generated_scene,
+    image_paths,
+    letterboxes,
+    load_rgb,
+    resize_to_input,
+)
 
 SIZE = 320
 # What the reference (yolov3-tiny, official weights, at 320) finds over 0.25 on the bundled photos.
@@ -40,19 +49,94 @@ def test_class_names_and_coco_ids():
     assert COCO_CATEGORY_IDS[names.index("toothbrush")] == 90
 
 
-@pytest.mark.parametrize(("source", "target"), [((640, 480), (416, 416)), ((300, 500), (320, 256))])
-def test_boxes_map_back_to_source_pixels(source, target):
+def darknet_source_boxes(
+    xyxy: np.ndarray, source_w: int, source_h: int, width: int, height: int, letterbox: bool
+) -> np.ndarray:
+    """Darknet's correct_yolo_boxes (src/yolo_layer.c) in numpy: boxes normalized to the network
+    input -> pixels of the source image, for letter_box 1 and 0."""
+    new_w, new_h = width, height
+    if letterbox and width / source_w < height / source_h:
+        new_h = source_h * width // source_w
+    elif letterbox:
+        new_w = source_w * height // source_h
+    x = (xyxy[:, [0, 2]] - (width - new_w) / 2 / width) / (new_w / width) * source_w
+    y = (xyxy[:, [1, 3]] - (height - new_h) / 2 / height) / (new_h / height) * source_h
+    return np.stack([x[:, 0], y[:, 0], x[:, 1], y[:, 1]], axis=1)
+
+
+SIZES = [((640, 480), (416, 416)), ((300, 500), (320, 256)), ((500, 300), (128, 160))]
+
+
+@pytest.mark.parametrize("letterbox", [True, False], ids=["letterbox", "stretch"])
+@pytest.mark.parametrize(("source", "target"), SIZES)
+def test_boxes_map_back_as_darknet_maps_them(source, target, letterbox):
     (source_w, source_h), (width, height) = source, target
-    new_w, new_h, left, top = letterbox_geometry(source_w, source_h, width, height)
-    assert (new_w == width or new_h == height) and left >= 0 and top >= 0
-    pixels = np.array([[10.0, 20.0, 200.0, 240.0]])
-    # Where letterbox puts those pixels, normalized to the input.
-    scale = np.array([new_w / source_w, new_h / source_h] * 2)
-    normalized = (pixels * scale + [left, top, left, top]) / [width, height, width, height]
-    back = to_source_pixels(
-        Boxes(normalized, np.ones(1), np.zeros(1, int)), source_w, source_h, width, height
+    normalized = np.array([[0.3, 0.25, 0.6, 0.7], [0.0, 0.0, 1.0, 1.0], [0.45, 0.1, 0.55, 0.2]])
+    boxes = Boxes(normalized, np.ones(3), np.zeros(3, int))
+    back = to_source_pixels(boxes, source_w, source_h, width, height, letterbox).xyxy
+    expected = np.clip(
+        darknet_source_boxes(normalized, source_w, source_h, width, height, letterbox), 0, None
     )
-    np.testing.assert_allclose(back.xyxy, pixels, atol=1e-6)
+    expected = np.minimum(expected, [source_w, source_h, source_w, source_h])
+    # Darknet truncates the letterboxed size and centres it by half pixels; the pipeline rounds
+    # both to whole input pixels: up to 1.5 input pixels apart, in source pixels.
+    tolerance = 1.5 * max(source_w / width, source_h / height) if letterbox else 1e-6
+    np.testing.assert_allclose(back, expected, atol=tolerance)
+
+
+@pytest.mark.parametrize("letterbox", [True, False], ids=["letterbox", "stretch"])
+@pytest.mark.parametrize(("source", "target"), SIZES)
+def test_boxes_map_back_to_where_the_pixels_were(source, target, letterbox):
+    """A white rectangle on black, fitted to the input: the box around its pixels there, mapped
+    back, is the rectangle."""
+    (source_w, source_h), (width, height) = source, target
+    image = np.zeros((source_h, source_w, 3), dtype=np.uint8)
+    rectangle = np.array([0.2 * source_w, 0.3 * source_h, 0.7 * source_w, 0.8 * source_h]).round()
+    x0, y0, x1, y1 = rectangle.astype(int)
+    image[y0:y1, x0:x1] = 255
+    fitted = resize_to_input(image, width, height, letterbox)[0]
+    rows, cols = np.nonzero(fitted > 0.75)  # above the mid-gray padding
+    found = np.array([[cols.min(), rows.min(), cols.max() + 1, rows.max() + 1]], dtype=float)
+    boxes = Boxes(found / [width, height, width, height], np.ones(1), np.zeros(1, int))
+    back = to_source_pixels(boxes, source_w, source_h, width, height, letterbox).xyxy[0]
+    # The resize blurs an edge over about a pixel of the input.
+    np.testing.assert_allclose(back, rectangle, atol=1.5 * max(source_w / width, source_h / height))
+
+
+def test_stretched_and_letterboxed_inputs_differ_where_the_aspect_does():
+    image = generated_scene(3, 300, 500)
+    letterboxed = resize_to_input(image, 320, 256, letterbox=True)
+    stretched = resize_to_input(image, 320, 256, letterbox=False)
+    assert letterboxed.shape == stretched.shape == (3, 256, 320)
+    assert (letterboxed[:, :, :10] == 0.5).all()  # padding beside a tall image
+    assert not (stretched[:, :, :10] == 0.5).all()
+
+
+@pytest.mark.parametrize(
+    ("metadata", "expected"), [({}, True), ({"letter_box": "1"}, True), ({"letter_box": "0"}, False)]
+)
+def test_letter_box_is_read_from_the_metadata(metadata, expected):
+    assert letterboxes({"width": "416", **metadata}) is expected
+
+
+def test_a_letter_box_other_than_0_or_1_is_refused(tmp_path):
+    with pytest.raises(YoloforgeError, match=r"model\.onnx: letter_box is '2'"):
+        letterboxes({"letter_box": "2"}, tmp_path / "model.onnx")
+
+
+@pytest.mark.parametrize(
+    ("net", "expected"),
+    [
+        ("", False),  # Darknet's default
+        ("letter_box=1", True),
+        ("letter_box = 1 # as trained", True),
+        ("letter_box=0", False),
+        ("#letter_box=1", False),
+    ],
+)
+def test_cfg_letter_box_is_read_as_darknet_reads_it(net, expected):
+    cfg = f"[net]\nwidth=416\n{net}\n\n[convolutional]\nletter_box=1\n"
+    assert cfg_letter_box(cfg) is expected
 
 
 def test_mean_average_precision():
@@ -114,8 +198,10 @@ def _score(runner, tiny, engine="test", batch=1, max_map_drop=0.01):
     return record
 
 
-def test_reference_finds_the_obvious_objects(tiny):
-    _, _, reference = tiny
+def test_reference_finds_the_obvious_objects(fitted):
+    # Letterboxed: stretched to 320x320, as yolov3-tiny's cfg says (Darknet's default), the cat of
+    # chelsea (451x300) scores under 0.25.
+    _, _, reference = fitted["1"]
     assert reference["reference"] == "opencv-darknet fp32"
     found = {
         image["file"].split("-", 1)[1].removesuffix(".jpg"): {
@@ -145,11 +231,84 @@ def test_fp32_engines_agree_with_the_reference(engine, batch, tiny, tiny_weights
     assert record["coco_map50_95"] is None and record["accuracy_gate"] == "pass"
 
 
+@pytest.fixture(scope="module")
+def fitted(tiny, tiny_weights, tmp_path_factory):
+    """letter_box "1" and "0" -> yolov3-tiny's ONNX file and cfg saying so, and the reference's
+    detections with them (whatever the converter wrote: the metadata's key is replaced)."""
+    import onnx as onnx_library
+
+    onnx, images, _ = tiny
+    folder = tmp_path_factory.mktemp("fitted")
+    made = {}
+    for letter_box in ("1", "0"):
+        model = onnx_library.load(onnx)
+        kept = [prop for prop in model.metadata_props if prop.key != "letter_box"]
+        del model.metadata_props[:]
+        model.metadata_props.extend(kept)
+        model.metadata_props.add(key="letter_box", value=letter_box)
+        path = folder / f"tiny-{letter_box}.onnx"
+        onnx_library.save(model, path)
+        cfg = folder / f"tiny-{letter_box}.cfg"
+        # Darknet reads an option's first occurrence in its section.
+        cfg.write_text(
+            (MODELS / "yolov3-tiny.cfg").read_text().replace("[net]", f"[net]\nletter_box={letter_box}", 1)
+        )
+        reference = reference_detections(path, cfg, tiny_weights, images, 8, folder / f"r-{letter_box}.json")
+        made[letter_box] = path, cfg, reference
+    return made
+
+
+def test_a_stretching_model_is_stretched_end_to_end(tiny, fitted, tiny_weights, tmp_path):
+    _, images, _ = tiny
+    stretched_onnx, _, reference = fitted["0"]
+    assert reference["letter_box"] is False and reference["reference"] == "opencv-darknet fp32"
+    assert fitted["1"][2]["letter_box"] is True
+    for engine in ("onnxruntime", "torch-eager"):
+        runner = _load(engine, stretched_onnx, tiny_weights, tmp_path / f"{engine}.engine")
+        assert runner.letterbox is False
+        # The timing's end-to-end stages (the torch engines' own, on their device) stretch too.
+        photo = load_rgb(image_paths(images)[1])
+        stretched = resize_to_input(photo, SIZE, SIZE, letterbox=False)
+        prepared = np.asarray(runner.preprocess([photo], SIZE, SIZE), dtype=np.float32)[0]
+        assert np.abs(prepared - stretched).max() <= 2 / 255 + 1e-6
+        record = _score(runner, (stretched_onnx, images, reference), engine)
+        assert record["agreement_map50"] >= 0.99 and record["accuracy_gate"] == "pass"
+    # Stretched or letterboxed, the real model finds the same objects in the same places of each
+    # photo: the boxes came back to the source pixels either way.
+    letterboxed = fitted["1"][2]
+    truth = [_boxes_of(image) for image in letterboxed["images"]]
+    agreed = agreement(truth, [_boxes_of(image) for image in reference["images"]])
+    assert agreed["precision"] >= 0.8 and agreed["recall"] >= 0.5, agreed
+    # And the stretch did change what the model saw.
+    assert [image["boxes"] for image in reference["images"]] != [
+        image["boxes"] for image in letterboxed["images"]
+    ]
+
+
+def _boxes_of(image) -> Boxes:
+    return Boxes(*_pixels(image))
+
+
+def test_reference_and_engine_must_fit_images_alike(tiny, fitted, tiny_weights, tmp_path):
+    _, images, _ = tiny
+    stretched_onnx, _, _ = fitted["0"]
+    letterboxed_onnx, letterboxing_cfg, letterboxed_reference = fitted["1"]
+    stretching = _load("onnxruntime", stretched_onnx, tiny_weights, tmp_path / "e.engine")
+    with pytest.raises(
+        YoloforgeError, match="reference letterboxed the images, the engine's model has them stretched"
+    ):
+        _score(stretching, (letterboxed_onnx, images, letterboxed_reference))
+    with pytest.raises(YoloforgeError, match=r"tiny-0\.onnx: the ONNX file says letter_box=0, its cfg"):
+        reference_detections(stretched_onnx, letterboxing_cfg, tiny_weights, images, 1, tmp_path / "r.json")
+    assert not (tmp_path / "r.json").exists()
+
+
 class CorruptedRunner(Runner):
     """A working engine whose outputs are damaged: boxes shifted, or some values NaN."""
 
     def __init__(self, runner: Runner, damage: str) -> None:
         self.runner, self.damage = runner, damage
+        self.letterbox = runner.letterbox
 
     def infer(self, images: np.ndarray) -> np.ndarray:
         detections = np.array(self.runner.infer(images))

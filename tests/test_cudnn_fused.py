@@ -8,7 +8,7 @@ import pytest
 from tests.conftest import MODELS, mixed_batch, real_photo_batch
 from tests.reference import onnx_detections
 from yoloforge.backends import BuildRequest, get_backend
-from yoloforge.backends.torch_graph import chain_in_torch, onnx_module
+from yoloforge.backends.torch_graph import ConvChain, chain_in_torch, onnx_module
 from yoloforge.darknet.convert import convert
 from yoloforge.errors import YoloforgeError
 
@@ -181,11 +181,25 @@ def test_engine_agrees_with_the_onnx_reference(tiny_weights, tmp_path, precision
 
 
 @needs_gpu
-def test_every_cudnn_plan_computes_the_residual_chain(residual_onnx):
-    """Whatever the timing picks, each plan cuDNN offers must compute what the torch operations do."""
+@pytest.mark.parametrize(
+    ("activation", "slope"),
+    [
+        ("relu", 0.1),
+        ("relu", 0.0),
+        (None, 0.0),
+        ("sigmoid", 0.0),
+        ("tanh", 0.0),
+        ("swish", 0.0),
+        ("mish", 0.0),
+    ],
+)
+def test_every_cudnn_plan_computes_the_residual_chain(activation, slope):
+    """Whatever the timing picks, each plan cuDNN offers must compute what the torch operations
+    do. For the activations beyond ReLU, cuDNN may offer none (the engine then records why and
+    runs the chain as torch operations)."""
     from yoloforge.backends.cudnn_fused import CudnnChains
 
-    chain = next(c for c in _fused_module(residual_onnx, 8)[1] if c.residual)
+    chain = ConvChain("chain", (1, 1), (1, 1), (1, 1), (1, 1), activation, slope, residual=True)
     generator = torch.Generator(device="cuda").manual_seed(0)
 
     def channels_last(*shape, scale=1.0):
@@ -200,7 +214,12 @@ def test_every_cudnn_plan_computes_the_residual_chain(residual_onnx):
     bias = torch.randn(16, device="cuda", generator=generator).to(torch.float16)
     expected = chain_in_torch(chain)(x, kernel, bias, residual)
     chains = CudnnChains(torch.float16)
-    graph, tensors = chains._graph(chain, x, kernel, residual)
+    try:
+        graph, tensors = chains._graph(chain, x, kernel, residual)
+    except Exception as error:  # noqa: BLE001 - cuDNN raises several types for "not supported"
+        if activation in ("relu", None):
+            raise
+        pytest.skip(f"cuDNN has no plan for a chain with {activation}: {error}")
     ran = 0
     for index in range(graph.get_execution_plan_count()):
         try:
@@ -211,3 +230,161 @@ def test_every_cudnn_plan_computes_the_residual_chain(residual_onnx):
         torch.testing.assert_close(computed, expected, atol=0.02, rtol=0.01)
         ran += 1
     assert ran > 0
+
+
+# The activations of Scaled-YOLOv4 and YOLOv7 after convolutions: mish, swish (Sigmoid and Mul in
+# the graph, a residual after it) and logistic; 18 output channels, padded for tensor cores.
+ACTIVATIONS_CFG = """
+[net]
+width=32
+height=32
+channels=3
+
+[convolutional]
+batch_normalize=1
+filters=16
+size=3
+stride=2
+pad=1
+activation=mish
+
+[convolutional]
+batch_normalize=1
+filters=16
+size=3
+stride=1
+pad=1
+activation=swish
+
+[shortcut]
+from=-2
+activation=linear
+
+[convolutional]
+batch_normalize=1
+filters=16
+size=1
+stride=1
+pad=1
+activation=logistic
+
+[convolutional]
+size=1
+stride=1
+pad=1
+filters=18
+activation=linear
+
+[yolo]
+mask=0,1,2
+anchors=10,14,23,27,37,58
+classes=1
+num=3
+"""
+
+
+def test_chains_take_in_mish_swish_and_logistic(synthetic_weights, tmp_path):
+    cfg = tmp_path / "activations.cfg"
+    cfg.write_text(ACTIVATIONS_CFG)
+    onnx_path = tmp_path / "activations.onnx"
+    convert(cfg, synthetic_weights(cfg), onnx_path, (32, 32))
+    images = torch.from_numpy(mixed_batch(32, 32))
+    for multiple in (1, 8):
+        module, chains = _fused_module(onnx_path, channel_multiple=multiple)
+        assert [(c.activation, c.residual) for c in chains] == [
+            ("mish", False),
+            ("swish", True),
+            ("sigmoid", False),
+            (None, False),
+        ]
+        with torch.inference_mode():
+            torch.testing.assert_close(
+                module(images), onnx_module(onnx_path, multiple)(images), rtol=0, atol=1e-5
+            )
+
+
+def _chain_graph(tmp_path, nodes, constants):
+    """A hand-made graph over a [batch, 4, 6, 6] input: a GlobalAveragePool of it ("pooled"),
+    the Conv "conv" ([batch, 4, 6, 6] "y"), then `nodes`."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = {
+        "kernel": rng.standard_normal((4, 4, 3, 3)).astype(np.float32) * 0.3,
+        "bias": rng.standard_normal(4).astype(np.float32),
+        **constants,
+    }
+    conv = helper.make_node(
+        "Conv", ["images", "kernel", "bias"], ["y"], "conv", kernel_shape=[3, 3], pads=[1] * 4
+    )
+    images = helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 4, 6, 6])
+    output = helper.make_tensor_value_info(nodes[-1].output[0], TensorProto.FLOAT, None)
+    initializers = [numpy_helper.from_array(value, name) for name, value in weights.items()]
+    pool = helper.make_node("GlobalAveragePool", ["images"], ["pooled"])
+    graph = helper.make_graph([pool, conv, *nodes], "chain", [images], [output], initializer=initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    path = tmp_path / "chain.onnx"
+    onnx.save(model, path)
+    return path
+
+
+def _node(op, inputs, output):
+    from onnx import helper
+
+    return helper.make_node(op, inputs, [output], output)
+
+
+CHAIN_CASES = {
+    # Darknet's scale_channels: the convolution's output is scaled per channel, not added.
+    "scaled-by-a-gate": (
+        [
+            _node("Sigmoid", ["pooled"], "gate"),
+            _node("Mul", ["y", "gate"], "out"),
+        ],
+        {},
+        (None, False),
+    ),
+    # A logistic activation whose output gates another tensor: the Mul stays outside.
+    "logistic-gating-the-input": (
+        [_node("Sigmoid", ["y"], "gate"), _node("Mul", ["images", "gate"], "out")],
+        {},
+        ("sigmoid", False),
+    ),
+    # An Add that broadcasts a per-channel tensor is no residual of the convolution's shape.
+    "broadcast-add": (
+        [
+            _node("Tanh", ["y"], "t"),
+            _node("Add", ["t", "pooled"], "out"),
+        ],
+        {},
+        ("tanh", False),
+    ),
+    "constant-add": (
+        [_node("Add", ["y", "offset"], "out")],
+        {"offset": np.full((1, 4, 1, 1), 0.5, dtype=np.float32)},
+        (None, False),
+    ),
+    # The convolution's output read twice (a swish look-alike whose Mul takes another tensor).
+    "sigmoid-and-another-use": (
+        [_node("Sigmoid", ["y"], "s"), _node("Mul", ["s", "images"], "m"), _node("Add", ["m", "y"], "out")],
+        {},
+        (None, False),
+    ),
+    "swish-then-residual": (
+        [_node("Sigmoid", ["y"], "s"), _node("Mul", ["s", "y"], "m"), _node("Add", ["images", "m"], "out")],
+        {},
+        ("swish", True),
+    ),
+}
+
+
+@pytest.mark.parametrize("case", CHAIN_CASES.values(), ids=CHAIN_CASES.keys())
+def test_chains_take_in_only_what_they_compute(tmp_path, case):
+    nodes, constants, expected = case
+    path = _chain_graph(tmp_path, nodes, constants)
+    module, chains = _fused_module(path, channel_multiple=1)
+    assert [(c.activation, c.residual) for c in chains] == [expected]
+    images = torch.from_numpy(np.random.default_rng(1).standard_normal((2, 4, 6, 6)).astype(np.float32))
+    with torch.inference_mode():
+        torch.testing.assert_close(module(images), onnx_module(path)(images), rtol=0, atol=1e-6)

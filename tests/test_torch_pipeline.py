@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from yoloforge.detections import decode
-from yoloforge.images import _bundled_photo, generated_scene, letterbox
+from yoloforge.images import _bundled_photo, generated_scene, resize_to_input
 
 torch = pytest.importorskip("torch")
 from yoloforge.backends.torch_pipeline import (  # noqa: E402
@@ -15,7 +15,7 @@ from yoloforge.backends.torch_pipeline import (  # noqa: E402
     BatchedNms,
     all_suppression_sizes,
     decode_images,
-    letterbox_batch,
+    resize_batch,
     suppression_matrix,
     suppression_sizes,
 )
@@ -150,7 +150,8 @@ def test_fused_suppression_matrix_is_the_tensor_one_bit_for_bit():
         assert torch.equal(found, expected)
 
 
-def test_device_letterbox_matches_the_host_letterbox():
+@pytest.mark.parametrize("letterbox", [True, False], ids=["letterbox", "stretch"])
+def test_device_resize_matches_the_host_resize(letterbox):
     # Two images share a size (one resize call for both), between images of other sizes.
     images = [
         generated_scene(7, 300, 500),
@@ -159,16 +160,16 @@ def test_device_letterbox_matches_the_host_letterbox():
         _bundled_photo("coffee"),
     ]
     for width, height in ((416, 416), (320, 256)):
-        expected = np.stack([letterbox(image, width, height) for image in images])
-        found = letterbox_batch(images, width, height, torch.device("cpu"), torch.float32).numpy()
+        expected = np.stack([resize_to_input(image, width, height, letterbox) for image in images])
+        found = resize_batch(images, width, height, letterbox, torch.device("cpu"), torch.float32).numpy()
         assert found.shape == expected.shape
         # Pillow and torch antialias alike, up to rounding: a pixel may differ by a level or two.
         assert np.abs(found - expected).max() <= 2 / 255 + 1e-6
         assert np.abs(found - expected).mean() < 0.2 / 255
-        # Images decoded on the device come as [3, H, W] tensors; they letterbox the same.
+        # Images decoded on the device come as [3, H, W] tensors; they resize the same.
         tensors = [torch.from_numpy(image).permute(2, 0, 1) for image in images]
         np.testing.assert_array_equal(
-            letterbox_batch(tensors, width, height, torch.device("cpu"), torch.float32).numpy(), found
+            resize_batch(tensors, width, height, letterbox, torch.device("cpu"), torch.float32).numpy(), found
         )
 
 
@@ -177,9 +178,9 @@ def test_batched_nms_of_a_batch_with_nothing_over_the_threshold_keeps_nothing():
     assert [len(boxes) for boxes in BatchedNms()(rows)] == [0, 0]
 
 
-def test_device_letterbox_makes_the_requested_precision_and_layout():
-    found = letterbox_batch(
-        [_bundled_photo("chelsea")], 64, 64, torch.device("cpu"), torch.bfloat16, channels_last=True
+def test_device_resize_makes_the_requested_precision_and_layout():
+    found = resize_batch(
+        [_bundled_photo("chelsea")], 64, 64, True, torch.device("cpu"), torch.bfloat16, channels_last=True
     )
     assert found.dtype == torch.bfloat16
     assert found.is_contiguous(memory_format=torch.channels_last)

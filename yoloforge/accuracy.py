@@ -1,10 +1,11 @@
 """Accuracy of an engine: its detections on the evaluation images, scored against COCO annotations
 where the image set has them, and always against a reference implementation's detections.
 
-Every engine runs the same end-to-end path (letterbox, engine, decode with class-aware NMS), and
-boxes are mapped back to each image's own pixels. Two decodes per image: COCO's (confidence 0.001,
-NMS IoU 0.65) for mAP, and the deployment NMS (IoU 0.45) for agreement with the reference, whose
-boxes over the deployment threshold (0.25) are the ground truth.
+Every engine runs the same end-to-end path (letterbox, or stretch where the model's metadata says
+letter_box=0; engine; decode with class-aware NMS), and boxes are mapped back to each image's own
+pixels. Two decodes per image: COCO's (confidence 0.001, NMS IoU 0.65) for mAP, and the
+deployment NMS (IoU 0.45) for agreement with the reference, whose boxes over the deployment
+threshold (0.25) are the ground truth.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from yoloforge.backends import BuildRequest, Runner, get_backend, reference_engi
 from yoloforge.detections import Boxes, above, agreement, decode, mean_average_precision, to_source_pixels
 from yoloforge.errors import YoloforgeError
 from yoloforge.files import atomic_output, write_json
-from yoloforge.images import image_paths, letterbox, load_rgb
+from yoloforge.images import LETTER_BOX_KEY, image_paths, letterboxes, load_rgb, resize_to_input
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,8 @@ def evaluation_images(directory: str | os.PathLike, count: int) -> list[Path]:
 
 
 def detect(runner: Runner, paths: list[Path], width: int, height: int, batch: int) -> ImageSetDetections:
-    """Run every image through `runner` in batches of `batch` (the last one padded by repeating)."""
+    """Run every image through `runner` in batches of `batch` (the last one padded by repeating),
+    each image letterboxed or stretched as the runner's model was trained."""
     from rich.progress import Progress
 
     result = ImageSetDetections([p.name for p in paths], [], [], [], 0)
@@ -84,7 +86,7 @@ def detect(runner: Runner, paths: list[Path], width: int, height: int, batch: in
         task = progress.add_task(f"detect {len(paths)} images", total=len(paths))
         for start in range(0, len(paths), batch):
             sources = [load_rgb(path) for path in paths[start : start + batch]]
-            inputs = [letterbox(image, width, height) for image in sources]
+            inputs = [resize_to_input(image, width, height, runner.letterbox) for image in sources]
             inputs += inputs[-1:] * (batch - len(inputs))
             outputs = np.asarray(runner.infer(np.stack(inputs)), dtype=np.float32)[: len(sources)]
             for image, rows in zip(sources, outputs, strict=True):
@@ -98,7 +100,9 @@ def detect(runner: Runner, paths: list[Path], width: int, height: int, batch: in
                     (result.for_agreement, DEPLOY_IOU_THRESHOLD, 300),
                 ):
                     boxes = decode(rows, MAP_SCORE_THRESHOLD, iou, max_boxes)
-                    target.append(to_source_pixels(boxes, source_w, source_h, width, height))
+                    target.append(
+                        to_source_pixels(boxes, source_w, source_h, width, height, runner.letterbox)
+                    )
             progress.advance(task, len(sources))
     runner.synchronize()
     return result
@@ -207,10 +211,18 @@ def reference_detections(
 ) -> dict[str, Any]:
     """The reference's detections on the first `count` images, and its COCO mAP where annotated."""
     from yoloforge.backends.base import onnx_metadata
+    from yoloforge.backends.opencv_darknet import cfg_letter_box
 
     engine = reference_engine()
     metadata = onnx_metadata(onnx)
     width, height = int(metadata["width"]), int(metadata["height"])
+    letterbox = letterboxes(metadata, onnx)
+    if LETTER_BOX_KEY in metadata and cfg_letter_box(cfg.read_text()) != letterbox:
+        raise YoloforgeError(
+            f"the ONNX file says {LETTER_BOX_KEY}={metadata[LETTER_BOX_KEY]}, its cfg {cfg} the other;"
+            " convert the cfg again",
+            onnx,
+        )
     backend = get_backend(engine)
     with tempfile.TemporaryDirectory() as scratch:
         request = BuildRequest(
@@ -230,6 +242,7 @@ def reference_detections(
         "reference": f"{engine} fp32",
         "width": width,
         "height": height,
+        LETTER_BOX_KEY: letterbox,
         "images": [
             {"file": name, "width": size[0], "height": size[1], "boxes": _boxes_to_json(boxes)}
             for name, size, boxes in zip(
@@ -287,6 +300,13 @@ def score_engine(
         raise YoloforgeError(
             f"reference was made at {reference['width']}x{reference['height']},"
             f" the engine runs at {width}x{height}"
+        )
+    # References written before the key existed letterboxed, as every engine then did.
+    if reference.get(LETTER_BOX_KEY, True) != runner.letterbox:
+        fitted = {True: "letterboxed", False: "stretched"}
+        raise YoloforgeError(
+            f"reference {fitted[reference.get(LETTER_BOX_KEY, True)]} the images, the engine's model"
+            f" has them {fitted[runner.letterbox]}; make the reference again from the same ONNX file"
         )
     paths = [images_dir / name for name in files]
     detections = detect(runner, paths, width, height, batch)

@@ -65,7 +65,7 @@ def time_round(spec: Round) -> tuple[dict[str, Any], pd.DataFrame]:
     from yoloforge.backends import get_backend, read_sidecar
     from yoloforge.datasets import image_set_source
     from yoloforge.device import cpu_threads, fingerprint_id
-    from yoloforge.images import image_paths, preprocessed_batches
+    from yoloforge.images import image_paths, letterboxes, preprocessed_batches
 
     if not 0 <= spec.index < spec.budget.rounds:
         raise YoloforgeError(
@@ -82,7 +82,8 @@ def time_round(spec: Round) -> tuple[dict[str, Any], pd.DataFrame]:
         )
     width, height = int(sidecar["model"]["width"]), int(sidecar["model"]["height"])
     paths = image_paths(spec.images)[: spec.batch * spec.rotate]
-    batches = preprocessed_batches(paths, width, height, spec.batch, spec.rotate)
+    letterbox = letterboxes(sidecar["model"], spec.engine_file)
+    batches = preprocessed_batches(paths, width, height, spec.batch, spec.rotate, letterbox)
     encoded = [path.read_bytes() for path in paths]  # read before timing: file I/O is not timed
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     runner = backend.load(spec.engine_file, spec.onnx)

@@ -97,11 +97,14 @@ def agreement(reference: list[Boxes], candidate: list[Boxes], iou_threshold: flo
     }
 
 
-def to_source_pixels(boxes: Boxes, source_w: int, source_h: int, width: int, height: int) -> Boxes:
-    """Boxes normalized to a letterboxed width x height input -> pixels of the source image."""
-    from yoloforge.images import letterbox_geometry
+def to_source_pixels(
+    boxes: Boxes, source_w: int, source_h: int, width: int, height: int, letterbox: bool
+) -> Boxes:
+    """Boxes normalized to a width x height input, the source image letterboxed or stretched
+    into it (images.input_placement) -> pixels of the source image."""
+    from yoloforge.images import input_placement
 
-    new_w, new_h, left, top = letterbox_geometry(source_w, source_h, width, height)
+    new_w, new_h, left, top = input_placement(source_w, source_h, width, height, letterbox)
     input_to_source = np.array([source_w / new_w, source_h / new_h] * 2)
     xyxy = (
         boxes.xyxy.astype(np.float64) * [width, height, width, height] - [left, top, left, top]

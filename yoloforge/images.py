@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +15,7 @@ from yoloforge.errors import YoloforgeError
 # scikit-image's bundled photos with everyday objects, by loader name.
 BUNDLED_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle", "camera")
 LETTERBOX_FILL = 0.5  # Darknet pads letterboxed images with mid-gray
+LETTER_BOX_KEY = "letter_box"  # the ONNX metadata's record of Darknet's [net] letter_box
 
 
 def _bundled_photo(name: str) -> np.ndarray:
@@ -72,28 +74,51 @@ def decode_rgb(data: bytes, name: str = "image bytes") -> np.ndarray:
         raise YoloforgeError(f"not a readable image ({error.__class__.__name__})", name) from None
 
 
-def letterbox_geometry(source_w: int, source_h: int, width: int, height: int) -> tuple[int, int, int, int]:
-    """Where `letterbox` puts a source_w x source_h image in the input: (new_w, new_h, left, top)."""
+def letterboxes(metadata: Mapping[str, str], source: str | os.PathLike | None = None) -> bool:
+    """Whether a model's images are letterboxed (Darknet's [net] letter_box=1) rather than
+    stretched to the input size (letter_box=0), from the ONNX file's metadata; files converted
+    before the converter recorded it letterbox."""
+    value = metadata.get(LETTER_BOX_KEY, "1")
+    if value not in ("0", "1"):
+        raise YoloforgeError(f"{LETTER_BOX_KEY} is {value!r} in the model's metadata, not 0 or 1", source)
+    return value == "1"
+
+
+def input_placement(
+    source_w: int, source_h: int, width: int, height: int, letterbox: bool
+) -> tuple[int, int, int, int]:
+    """Where `resize_to_input` puts a source_w x source_h image in the width x height input:
+    (new_w, new_h, left, top). Letterboxed, it keeps its aspect ratio and is centred; stretched,
+    it fills the input."""
+    if not letterbox:
+        return width, height, 0, 0
     scale = min(width / source_w, height / source_h)
     new_w, new_h = max(1, round(source_w * scale)), max(1, round(source_h * scale))
     return new_w, new_h, (width - new_w) // 2, (height - new_h) // 2
 
 
-def letterbox(image: np.ndarray, width: int, height: int) -> np.ndarray:
-    """RGB uint8 HxWx3 -> float32 3xHxW in [0, 1], aspect kept, padded with mid-gray."""
+def resize_to_input(image: np.ndarray, width: int, height: int, letterbox: bool) -> np.ndarray:
+    """RGB uint8 HxWx3 -> float32 3xHxW in [0, 1]: letterboxed (aspect kept, padded with
+    mid-gray) or stretched, as `input_placement` places it."""
     source_h, source_w = image.shape[:2]
-    new_w, new_h, left, top = letterbox_geometry(source_w, source_h, width, height)
+    new_w, new_h, left, top = input_placement(source_w, source_h, width, height, letterbox)
     resized = np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
     canvas = np.full((height, width, 3), LETTERBOX_FILL, dtype=np.float32)
     canvas[top : top + new_h, left : left + new_w] = resized.astype(np.float32) / 255
     return np.ascontiguousarray(canvas.transpose(2, 0, 1))
 
 
+def letterbox(image: np.ndarray, width: int, height: int) -> np.ndarray:
+    """resize_to_input, letterboxed: for images prepared without a model (calibrating synthetic
+    weights, the tests' batches)."""
+    return resize_to_input(image, width, height, letterbox=True)
+
+
 def preprocessed_batches(
-    paths: list[Path], width: int, height: int, batch: int, count: int
+    paths: list[Path], width: int, height: int, batch: int, count: int, letterbox: bool
 ) -> list[np.ndarray]:
     """`count` distinct batches cycling through the images, so timing never reuses one buffer."""
-    images = [letterbox(load_rgb(path), width, height) for path in paths[: batch * count]]
+    images = [resize_to_input(load_rgb(path), width, height, letterbox) for path in paths[: batch * count]]
     return [
         np.stack([images[(start * batch + i) % len(images)] for i in range(batch)]) for start in range(count)
     ]

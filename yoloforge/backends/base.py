@@ -17,6 +17,7 @@ from yoloforge.device import cpu_fingerprint, fingerprint_id
 from yoloforge.errors import YoloforgeError
 from yoloforge.files import atomic_output, sha256_file, write_json
 from yoloforge.flops import onnx_flops_per_image
+from yoloforge.images import letterboxes
 
 if TYPE_CHECKING:
     from yoloforge.detections import Boxes
@@ -102,6 +103,10 @@ class Runner(ABC):
     GPU) and `run` computes on it without host transfers; `infer` is the whole round trip.
     """
 
+    # How `preprocess` fits images to the input: letterboxed, or stretched where the model was
+    # trained so (Darknet's [net] letter_box=0). Backend.load sets it from the model's metadata.
+    letterbox: bool = True
+
     @abstractmethod
     def infer(self, images: np.ndarray) -> np.ndarray: ...
 
@@ -129,10 +134,11 @@ class Runner(ABC):
         return [decode_rgb(data) for data in encoded]
 
     def preprocess(self, images: list[np.ndarray], width: int, height: int) -> Any:
-        """RGB uint8 images -> the batch `prepare` takes: letterboxed float32 [N, 3, H, W] in [0, 1]."""
-        from yoloforge.images import letterbox
+        """RGB uint8 images -> the batch `prepare` takes: float32 [N, 3, H, W] in [0, 1],
+        letterboxed or stretched as `letterbox` says."""
+        from yoloforge.images import resize_to_input
 
-        return np.stack([letterbox(image, width, height) for image in images])
+        return np.stack([resize_to_input(image, width, height, self.letterbox) for image in images])
 
     def download(self, outputs: Any) -> Any:
         """What `run` returned -> what `postprocess` takes: detections as float32 on the host."""
@@ -260,7 +266,9 @@ class Backend(ABC):
             raise YoloforgeError(
                 f"ONNX file changed since the engine {engine} was built from it; rebuild the engine", onnx
             )
-        return self._load(engine, sidecar)
+        runner = self._load(engine, sidecar)
+        runner.letterbox = letterboxes(sidecar.get("model", {}), engine)
+        return runner
 
 
 # Images of the build's output check: a check that the engine works, not its accuracy (the
@@ -278,7 +286,9 @@ def calibration_batches(request: BuildRequest, batch: int = 1) -> list[np.ndarra
     metadata = onnx_metadata(request.onnx)
     width, height = int(metadata["width"]), int(metadata["height"])
     count = -(-len(request.calibration) // batch)
-    return preprocessed_batches(request.calibration, width, height, batch, count)
+    return preprocessed_batches(
+        request.calibration, width, height, batch, count, letterboxes(metadata, request.onnx)
+    )
 
 
 def output_check(request: BuildRequest, load: Callable[[], Runner]) -> dict[str, Any]:

@@ -4,11 +4,11 @@ kernel, the fusion TensorRT makes, here through cuDNN's graph API (nvidia-cudnn-
 At batch 1 on a GPU, torch-aoti spends a fifth of its device time in the small Triton kernels that
 add the bias and apply the activation after each cuDNN convolution (yolov3-416 fp16 on an H200:
 76 such kernels, 0.12 of 0.67 ms, and the gaps between kernels add 0.06 ms). Here each ConvChain
-of our graph (torch_graph) is one cuDNN operation graph, conv_fprop -> bias -> ReLU/leaky ReLU ->
-add, which cuDNN compiles for the engine's fixed shapes (its runtime fusion engines). The other
-operators (routes, upsampling, the YOLO heads) run as torch operations, compiled by torch.compile
-unless the build option `compile` is false, and the runner replays the whole forward pass as one
-CUDA graph.
+of our graph (torch_graph) is one cuDNN operation graph, conv_fprop -> bias -> activation (ReLU,
+leaky ReLU, logistic, tanh, swish or mish) -> add, which cuDNN compiles for the engine's fixed
+shapes (its runtime fusion engines). The other operators (routes, upsampling, the YOLO heads)
+run as torch operations, compiled by torch.compile unless the build option `compile` is false,
+and the runner replays the whole forward pass as one CUDA graph.
 
 The engine file is a zip of the ONNX file and the plan chosen for each distinct chain. At build,
 the candidate plans of cuDNN's heuristics and the chain as separate torch operations are each
@@ -124,10 +124,8 @@ class CudnnChains:
             dilation=list(chain.dilation),
         )
         y = graph.bias(input=y, bias=tensors["bias"])
-        if chain.activation and chain.negative_slope:
-            y = graph.leaky_relu(input=y, negative_slope=chain.negative_slope)
-        elif chain.activation:
-            y = graph.relu(input=y)
+        if chain.activation:
+            y = _pointwise_activation(graph, chain, y)
         if residual is not None:
             tensors["residual"] = graph.tensor(
                 name="residual",
@@ -205,6 +203,26 @@ class CudnnChains:
             len(failures),
         )
         return record, run
+
+
+def _pointwise_activation(graph, chain: ConvChain, y):
+    """The chain's activation of `y` as cuDNN pointwise operations. mish, y * tanh(softplus(y)),
+    has no mode of its own: three operations, one of which reads `y` again. Where cuDNN's
+    runtime fusion takes none of a chain's graphs, tuning records why in the plans and the chain
+    runs as torch operations."""
+    if chain.activation == "relu" and chain.negative_slope:
+        return graph.leaky_relu(input=y, negative_slope=chain.negative_slope)
+    if chain.activation == "relu":
+        return graph.relu(input=y)
+    if chain.activation == "sigmoid":
+        return graph.sigmoid(input=y)
+    if chain.activation == "tanh":
+        return graph.tanh(input=y)
+    if chain.activation == "swish":
+        return graph.swish(input=y, swish_beta=1.0)
+    if chain.activation == "mish":
+        return graph.mul(a=y, b=graph.tanh(input=graph.softplus(input=y)))
+    raise ValueError(f"no cuDNN pointwise form of activation {chain.activation}")
 
 
 # Every fused chain's function, by the index the custom op is called with: torch.compile traces

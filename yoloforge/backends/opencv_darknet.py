@@ -25,6 +25,20 @@ def cfg_without_score_threshold(text: str) -> str:
     return re.sub(r"(?im)^\s*\[yolo\]\s*$", "[yolo]\nthresh=0", without)
 
 
+def cfg_letter_box(text: str) -> bool:
+    """Whether a Darknet cfg letterboxes its images: [net] letter_box read as Darknet reads it
+    (whitespace dropped, the first occurrence, the integer the value starts with, 0 when absent)."""
+    section = None
+    for line in text.splitlines():
+        line = "".join(line.split())
+        if line.startswith("["):
+            section = line
+        elif section in ("[net]", "[network]") and line.startswith("letter_box="):
+            number = re.match(r"[+-]?\d+", line.removeprefix("letter_box="))
+            return bool(number and int(number.group()))
+    return False
+
+
 def opencv_to_detections(outputs: list[np.ndarray], batch: int) -> np.ndarray:
     """OpenCV's per-head outputs -> the `detections` contract (scores not times objectness)."""
     heads = [output.reshape(batch, -1, output.shape[-1]) for output in outputs]

@@ -116,10 +116,12 @@ class _TorchRunner(Runner):
     def preprocess(self, images: list[Any], width: int, height: int):
         import torch
 
-        from yoloforge.backends.torch_pipeline import letterbox_batch
+        from yoloforge.backends.torch_pipeline import resize_batch
 
         with _on(self._preprocess_stream):
-            batch = letterbox_batch(images, width, height, self.device, self.dtype, self.channels_last)
+            batch = resize_batch(
+                images, width, height, self.letterbox, self.device, self.dtype, self.channels_last
+            )
         if self._preprocess_stream is not None:
             # Inference, on the default stream, reads the batch only once it is complete, and
             # the allocator must not reuse its memory before inference has read it.

@@ -60,16 +60,27 @@ def _convolution(begin: list[int], end: list[int], stride, dilation, groups: int
     return lambda x, w, b=None: F.conv2d(F.pad(x, pad), w, b, stride, 0, dilation, groups)
 
 
+def _pool_settings(node, attrs) -> tuple[list[int], list[int], list[int], list[int], bool]:
+    """A 2-D pool's kernel, strides, pads' begin and end, and ceil_mode."""
+    kernel = attrs["kernel_shape"]
+    _check_2d(node, attrs, len(kernel))
+    if len(node.output) > 1 and node.output[1]:
+        raise ValueError(f"{node.op_type} with an indices output")
+    begin, end = _begin_end(attrs.get("pads", [0, 0, 0, 0]))
+    return kernel, attrs.get("strides", [1, 1]), begin, end, bool(attrs.get("ceil_mode", 0))
+
+
+def _symmetric_within(begin: list[int], end: list[int], kernel: list[int]) -> bool:
+    """Whether torch's pools can pad by themselves: the same on both sides, at most half the kernel."""
+    return begin == end and all(2 * pad <= size for pad, size in zip(begin, kernel, strict=True))
+
+
 def _max_pool(node, attrs, const):
     import torch.nn.functional as F
 
-    kernel = attrs["kernel_shape"]
-    _check_2d(node, attrs, len(kernel))
-    stride = attrs.get("strides", [1, 1])
+    kernel, stride, begin, end, ceil = _pool_settings(node, attrs)
     dilation = attrs.get("dilations", [1, 1])
-    ceil = bool(attrs.get("ceil_mode", 0))
-    begin, end = _begin_end(attrs.get("pads", [0, 0, 0, 0]))
-    if begin == end:
+    if _symmetric_within(begin, end, kernel):
         return (lambda x: F.max_pool2d(x, kernel, stride, begin, dilation, ceil)), node.input[:1]
     # Darknet pads the extra row and column at the bottom and right; max_pool2d's own padding
     # is symmetric, so pad explicitly with -inf, which never wins a max.
@@ -77,6 +88,66 @@ def _max_pool(node, attrs, const):
     return (
         lambda x: F.max_pool2d(F.pad(x, pad, value=float("-inf")), kernel, stride, 0, dilation, ceil)
     ), node.input[:1]
+
+
+def _average_pool(node, attrs, const):
+    import torch
+    import torch.nn.functional as F
+
+    kernel, stride, begin, end, ceil = _pool_settings(node, attrs)
+    if attrs.get("dilations", [1, 1]) != [1, 1]:
+        raise ValueError(f"AveragePool with dilations {attrs['dilations']}")
+    with_pads = bool(attrs.get("count_include_pad", 0))
+    if _symmetric_within(begin, end, kernel):
+        return (lambda x: F.avg_pool2d(x, kernel, stride, begin, ceil, with_pads)), node.input[:1]
+    if ceil:
+        raise ValueError("AveragePool with ceil_mode and asymmetric pads")
+    pad = _torch_pad(begin, end)
+    if with_pads:
+        return (lambda x: F.avg_pool2d(F.pad(x, pad), kernel, stride)), node.input[:1]
+
+    def average(x):
+        # The mean over the pixels inside the image only: the windows' sums over theirs counted.
+        inside = F.pad(torch.ones_like(x[:1, :1]), pad)
+        return F.avg_pool2d(F.pad(x, pad), kernel, stride) / F.avg_pool2d(inside, kernel, stride)
+
+    return average, node.input[:1]
+
+
+def _global_average_pool(node, attrs, const):
+    return (lambda x: x.mean(dim=tuple(range(2, x.dim())), keepdim=True)), node.input
+
+
+def _reduce_mean(node, attrs, const):
+    # Since opset 18 the axes are an input; before, an attribute.
+    axes = const(node.input[1]).tolist() if len(node.input) > 1 and node.input[1] else attrs.get("axes", [])
+    keep = bool(attrs.get("keepdims", 1))
+    if not axes and attrs.get("noop_with_empty_axes", 0):
+        return (lambda x: x), node.input[:1]
+    return (lambda x: x.mean(dim=tuple(axes) if axes else None, keepdim=keep)), node.input[:1]
+
+
+def _pad(node, attrs, const):
+    import torch.nn.functional as F
+
+    mode = attrs.get("mode", b"constant")
+    if mode != b"constant":
+        raise ValueError(f"Pad in mode {mode.decode()} (only constant)")
+    # Since opset 11 the pads and the value are inputs; before, attributes.
+    inputs = list(node.input) + [""] * (4 - len(node.input))
+    pads = const(inputs[1]).tolist() if inputs[1] else attrs["pads"]
+    value = float(const(inputs[2]).reshape(-1)[0]) if inputs[2] else float(attrs.get("value", 0.0))
+    axes = const(inputs[3]).tolist() if inputs[3] else None
+    begin, end = _begin_end(pads)
+
+    def pad(x):
+        chosen = [axis % x.dim() for axis in axes] if axes else list(range(x.dim()))
+        full_begin, full_end = [0] * x.dim(), [0] * x.dim()
+        for axis, before, after in zip(chosen, begin, end, strict=True):
+            full_begin[axis], full_end[axis] = before, after
+        return F.pad(x, _torch_pad(full_begin, full_end), value=value)
+
+    return pad, inputs[:1]
 
 
 def _resize(node, attrs, const):
@@ -129,10 +200,16 @@ def _slice(node, attrs, const):
 def _split(node, attrs, const):
     import torch
 
-    if len(node.input) < 2 or not node.input[1]:
-        raise ValueError("Split without constant split sizes")
-    sizes = const(node.input[1]).tolist()
     axis = attrs.get("axis", 0)
+    # The sizes: an input since opset 13, an attribute before; or, since opset 18, equal parts.
+    if len(node.input) > 1 and node.input[1]:
+        sizes = const(node.input[1]).tolist()
+    elif "split" in attrs:
+        sizes = list(attrs["split"])
+    else:
+        parts = attrs.get("num_outputs", len(node.output))
+        # Parts of ceil(size / parts), the last one smaller where the size does not divide.
+        return (lambda x: torch.split(x, -(-x.shape[axis] // parts), dim=axis)), node.input[:1]
     return (lambda x: torch.split(x, sizes, dim=axis)), node.input[:1]
 
 
@@ -149,12 +226,36 @@ def _transpose(node, attrs, const):
 
 
 def _elementwise(function_name: str) -> Maker:
+    """A torch function of the same name and the same (numpy) broadcasting as the ONNX op."""
+
     def make(node, attrs, const):
         import torch
 
         return getattr(torch, function_name), node.input
 
     return make
+
+
+def _pow(node, attrs, const):
+    import torch
+
+    exponent = node.input[1]
+    try:
+        value = const(exponent)
+    except ValueError:
+        return torch.pow, node.input
+    if value.size != 1:
+        return torch.pow, node.input
+    # A constant exponent as a number: the result keeps the base's type, as ONNX's does.
+    number = float(value.reshape(-1)[0])
+    return (lambda x: torch.pow(x, number)), node.input[:1]
+
+
+def _softmax(node, attrs, const):
+    import torch
+
+    axis = attrs.get("axis", -1)
+    return (lambda x: torch.softmax(x, dim=axis)), node.input
 
 
 def _leaky_relu(node, attrs, const):
@@ -176,22 +277,34 @@ def _identity(node, attrs, const):
 
 OPS: dict[str, Maker] = {
     "Add": _elementwise("add"),
+    "AveragePool": _average_pool,
     "Concat": _concat,
     "Conv": _conv,
+    "Div": _elementwise("div"),
     "Exp": _elementwise("exp"),
+    "GlobalAveragePool": _global_average_pool,
     "Identity": _identity,
     "LeakyRelu": _leaky_relu,
     "MaxPool": _max_pool,
     "Mish": _mish,
     "Mul": _elementwise("mul"),
+    "Pad": _pad,
+    "Pow": _pow,
+    "ReduceMean": _reduce_mean,
     "Relu": _elementwise("relu"),
     "Reshape": _reshape,
     "Resize": _resize,
     "Sigmoid": _elementwise("sigmoid"),
     "Slice": _slice,
+    "Softmax": _softmax,
     "Split": _split,
+    "Sub": _elementwise("sub"),
+    "Tanh": _elementwise("tanh"),
     "Transpose": _transpose,
 }
+# Ops whose meaning changed at an opset: files of older opsets that use them are refused
+# (Softmax before 13 normalized over every axis from `axis` on, not over `axis` alone).
+SINCE_OPSET = {"Softmax": 13}
 
 
 @dataclass(frozen=True)
@@ -205,9 +318,32 @@ class ConvChain:
     pre_padding: tuple[int, int]
     post_padding: tuple[int, int]
     dilation: tuple[int, int]
-    activation: str | None  # "relu" (negative_slope 0 or leaky) or None
+    activation: str | None  # a value of CHAIN_ACTIVATIONS or "swish"; "relu" has negative_slope
     negative_slope: float
     residual: bool
+
+
+# The activations a chain takes in, by the op type of their (first) node. swish is Darknet's
+# x * logistic(x): in the graph, Sigmoid and a Mul of its input and output.
+CHAIN_ACTIVATIONS = {
+    "Relu": "relu",
+    "LeakyRelu": "relu",
+    "Sigmoid": "sigmoid",
+    "Tanh": "tanh",
+    "Mish": "mish",
+}
+
+
+def activate(activation: str, y, negative_slope: float = 0.0):
+    """A chain's activation of `y`, in the torch operations the unfused module runs."""
+    import torch
+    import torch.nn.functional as F
+
+    if activation == "relu":
+        return F.leaky_relu(y, negative_slope)
+    if activation == "swish":
+        return torch.mul(y, torch.sigmoid(y))
+    return {"sigmoid": torch.sigmoid, "tanh": torch.tanh, "mish": F.mish}[activation](y)
 
 
 # Makes the fused function of a chain.
@@ -217,22 +353,52 @@ Fuser = Callable[[ConvChain], Callable[..., Any]]
 def chain_in_torch(chain: ConvChain) -> Callable[..., Any]:
     """The chain in separate torch operations, as the unfused module runs it: what a fused
     implementation must equal."""
-    import torch.nn.functional as F
-
     convolve = _convolution(list(chain.pre_padding), list(chain.post_padding), chain.stride, chain.dilation)
 
     def run(x, kernel, bias, residual=None):
         y = convolve(x, kernel, bias)
         if chain.activation:
-            y = F.leaky_relu(y, chain.negative_slope)
+            y = activate(chain.activation, y, chain.negative_slope)
         return y if residual is None else y + residual
 
     return run
 
 
-def _conv_chain(nodes: list, index: int, uses: Counter, fuse_residual: bool):
+def _activation_after(nodes: list, last: int, output: str, uses: Counter):
+    """The activation that nodes[last]'s `output` goes through next, as (name, negative slope,
+    its output, its last node's index); None where the next nodes are no activation of it alone."""
+    from onnx import helper
+
+    follower = nodes[last + 1] if last + 1 < len(nodes) else None
+    if follower is None or list(follower.input) != [output]:
+        return None
+    kind = CHAIN_ACTIVATIONS.get(follower.op_type)
+    if kind is None:
+        return None
+    after = nodes[last + 2] if last + 2 < len(nodes) else None
+    if (
+        kind == "sigmoid"
+        and uses[output] == 2
+        and after is not None
+        and after.op_type == "Mul"
+        and sorted(after.input) == sorted([output, follower.output[0]])
+        and uses[follower.output[0]] == 1
+    ):
+        return "swish", 0.0, after.output[0], last + 2
+    if uses[output] != 1:
+        return None
+    slope = 0.0
+    if follower.op_type == "LeakyRelu":
+        alpha = [helper.get_attribute_value(a) for a in follower.attribute if a.name == "alpha"]
+        slope = float(alpha[0]) if alpha else 0.01
+    return kind, slope, follower.output[0], last + 1
+
+
+def _conv_chain(nodes: list, index: int, uses: Counter, fuse_residual: bool, shapes: dict[str, tuple]):
     """The chain that starts at Conv nodes[index], its tensor inputs and its last node's index;
-    None for a convolution no chain covers (grouped, bias-less, auto_pad)."""
+    None for a convolution no chain covers (grouped, bias-less, auto_pad). `shapes` are the
+    tensors' inferred shapes: a residual is added inside the chain only where its shape is the
+    chain output's (an Add may broadcast; a fused kernel's output has the convolution's shape)."""
     from onnx import helper
 
     conv = nodes[index]
@@ -242,29 +408,24 @@ def _conv_chain(nodes: list, index: int, uses: Counter, fuse_residual: bool):
     if attrs.get("auto_pad", b"NOTSET") != b"NOTSET":
         return None
 
-    def sole_user(output: str, last: int):
-        """The node after nodes[last] where it is the only user of `output`."""
-        follower = nodes[last + 1] if last + 1 < len(nodes) else None
-        return follower if follower is not None and uses[output] == 1 and output in follower.input else None
-
     output, last, inputs = conv.output[0], index, list(conv.input[:3])
     activation, slope = None, 0.0
-    follower = sole_user(output, last)
-    if follower is not None and follower.op_type in ("Relu", "LeakyRelu"):
-        activation = "relu"
-        if follower.op_type == "LeakyRelu":
-            alpha = [helper.get_attribute_value(a) for a in follower.attribute if a.name == "alpha"]
-            slope = float(alpha[0]) if alpha else 0.01
-        output, last = follower.output[0], last + 1
-    follower = sole_user(output, last)
+    found = _activation_after(nodes, last, output, uses)
+    if found is not None:
+        activation, slope, output, last = found
+    follower = nodes[last + 1] if last + 1 < len(nodes) else None
     residual = (
         fuse_residual
         and follower is not None
+        and uses[output] == 1
         and follower.op_type == "Add"
         and list(follower.input).count(output) == 1
     )
     if residual:
-        inputs.append(next(name for name in follower.input if name != output))
+        other = next(name for name in follower.input if name != output)
+        residual = shapes.get(other) is not None and shapes.get(other) == shapes.get(conv.output[0])
+    if residual:
+        inputs.append(other)
         last += 1
     begin, end = _begin_end(attrs.get("pads", [0, 0, 0, 0]))
     chain = ConvChain(
@@ -278,6 +439,23 @@ def _conv_chain(nodes: list, index: int, uses: Counter, fuse_residual: bool):
         residual=residual,
     )
     return chain, inputs, last
+
+
+def _known_shapes(model) -> dict[str, tuple]:
+    """Every tensor's shape that ONNX shape inference determines fully (a named dimension, such as
+    the batch, counts as determined: tensors with the same name there have the same size)."""
+    import onnx
+
+    graph = onnx.shape_inference.infer_shapes(model).graph
+    shapes = {}
+    for value in [*graph.input, *graph.value_info, *graph.output]:
+        tensor = value.type.tensor_type
+        if not tensor.HasField("shape"):
+            continue
+        dims = tuple(dim.dim_value or dim.dim_param or None for dim in tensor.shape.dim)
+        if None not in dims:
+            shapes[value.name] = dims
+    return shapes
 
 
 def _pad_conv_channels(node, constants: dict[str, np.ndarray], multiple: int) -> tuple[int, int] | None:
@@ -323,16 +501,18 @@ def onnx_module(path: str | os.PathLike, channel_multiple: int = 1, fuse: Fuser 
             raise ValueError(f"input {name!r} is computed at run time, not a constant")
         return constants[name]
 
+    opset = next((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), 0)
     nodes = list(graph.node)
     # Every use of a tensor as an input, the graph's output counted as one.
     uses = Counter(name for node in nodes for name in node.input) + Counter(v.name for v in graph.output)
+    shapes = _known_shapes(model) if fuse is not None else {}
     steps = []
     index = 0
     while index < len(nodes):
         node = nodes[index]
         index += 1
         if fuse is not None and node.op_type == "Conv":
-            fused = _fused_step(nodes, index - 1, uses, constants, channel_multiple, fuse)
+            fused = _fused_step(nodes, index - 1, uses, constants, shapes, channel_multiple, fuse)
             if fused is not None:
                 step, last = fused
                 steps.append(step)
@@ -341,6 +521,12 @@ def onnx_module(path: str | os.PathLike, channel_multiple: int = 1, fuse: Fuser 
         if node.op_type not in OPS or node.domain not in ("", "ai.onnx"):
             raise YoloforgeError(
                 f"the torch engines do not support ONNX op {node.op_type} ({node.name})", path
+            )
+        if opset < SINCE_OPSET.get(node.op_type, 0):
+            raise YoloforgeError(
+                f"the torch engines do not support {node.op_type} of opset {opset} ({node.name});"
+                f" only from opset {SINCE_OPSET[node.op_type]} on",
+                path,
             )
         attrs = {attribute.name: helper.get_attribute_value(attribute) for attribute in node.attribute}
         try:
@@ -359,7 +545,15 @@ def onnx_module(path: str | os.PathLike, channel_multiple: int = 1, fuse: Fuser 
     return _module_class()(steps, kept, inputs[0], graph.output[0].name, image_shape).eval()
 
 
-def _fused_step(nodes: list, index: int, uses: Counter, constants: dict, channel_multiple: int, fuse: Fuser):
+def _fused_step(
+    nodes: list,
+    index: int,
+    uses: Counter,
+    constants: dict,
+    shapes: dict[str, tuple],
+    channel_multiple: int,
+    fuse: Fuser,
+):
     """The module step of the chain at Conv nodes[index] and its last node's index, or None."""
     conv = nodes[index]
     weight = constants.get(conv.input[1])
@@ -367,7 +561,7 @@ def _fused_step(nodes: list, index: int, uses: Counter, constants: dict, channel
         return None
     # A residual of the unpadded channel count cannot be added to padded outputs inside the chain.
     outputs_padded = channel_multiple > 1 and weight.shape[0] % channel_multiple != 0
-    found = _conv_chain(nodes, index, uses, fuse_residual=not outputs_padded)
+    found = _conv_chain(nodes, index, uses, not outputs_padded, shapes)
     if found is None:
         return None
     chain, inputs, last = found

@@ -1,9 +1,9 @@
 """End-to-end stages of the PyTorch engines, run where the engine runs.
 
 On a GPU the encoded images go in and only the kept boxes come back: JPEG decoding by nvJPEG
-(where torchvision is installed), letterbox, normalization and layout on the device, and
+(where torchvision is installed), letterbox or stretch, normalization and layout on the device, and
 batched class-aware NMS on the device, with one small copy of the results to the host. The same
-code runs on the CPU, where the tests compare it with the host pipeline (images.letterbox,
+code runs on the CPU, where the tests compare it with the host pipeline (images.resize_to_input,
 detections.decode).
 """
 
@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from yoloforge.detections import Boxes
-from yoloforge.images import LETTERBOX_FILL, decode_rgb, letterbox_geometry
+from yoloforge.images import LETTERBOX_FILL, decode_rgb, input_placement
 
 if TYPE_CHECKING:
     import torch
@@ -50,17 +50,19 @@ def decode_images(encoded: Sequence[bytes], device: torch.device, pool: Executor
     return list(pool.map(decode_rgb, encoded))
 
 
-def letterbox_batch(
+def resize_batch(
     images: Sequence[Any],
     width: int,
     height: int,
+    letterbox: bool,
     device: torch.device,
     dtype: torch.dtype,
     channels_last: bool = False,
 ) -> torch.Tensor:
     """RGB uint8 images ([H, W, 3] arrays or [3, H, W] tensors) -> the engine's input batch
-    [N, 3, height, width] in [0, 1], as images.letterbox makes it: aspect kept, antialiased
-    bilinear resize rounded to uint8 (as Pillow's), mid-gray padding."""
+    [N, 3, height, width] in [0, 1], as images.resize_to_input makes it: letterboxed (aspect
+    kept, mid-gray padding) or stretched, antialiased bilinear resize rounded to uint8 (as
+    Pillow's)."""
     import torch
     import torch.nn.functional as F
 
@@ -79,7 +81,7 @@ def letterbox_batch(
             group = group.to(device, non_blocking=True).permute(0, 3, 1, 2)
         else:
             group = torch.stack([images[index] for index in indices])
-        new_w, new_h, left, top = letterbox_geometry(source_w, source_h, width, height)
+        new_w, new_h, left, top = input_placement(source_w, source_h, width, height, letterbox)
         resized = F.interpolate(
             group.float(), size=(new_h, new_w), mode="bilinear", antialias=True, align_corners=False
         )
