@@ -16,15 +16,14 @@ from yoloforge.device import cpu_fingerprint, cpu_threads, cuda_fingerprint
 
 log = logging.getLogger(__name__)
 
-# (batch, channels in = out, height = width): big enough on an H100 to keep every SM busy (about
+# (batch, channels in = out, height = width): on a GPU big enough to keep every SM busy (about
 # 0.8 TFLOP a call); on a CPU small enough to take tens of milliseconds on two cores.
 CUDA_SHAPE = (64, 512, 52)
 CPU_SHAPE = (1, 256, 52)
 # The convolution runs for WARMUP_SECONDS, then is timed for SECONDS in windows of WINDOW_CALLS
-# back-to-back calls; the ceiling is the median window. Sustained, as the engines are timed: on an
-# H200, 20 calls after 3 gave 700-775 TFLOP/s (fp16) from one process to the next (most likely
-# clocks not yet settled under load; they were not read); a second of warm-up, then two of
-# windows, gave 665-668 in three processes.
+# back-to-back calls; the ceiling is the median window. Sustained, as the engines are timed: a few
+# calls after a short warm-up varied by a tenth from one process to the next, most likely with
+# clocks not yet settled under load.
 WARMUP_SECONDS = {"cuda": 1.0, "cpu": 0.2}
 SECONDS = {"cuda": 2.0, "cpu": 0.6}
 WINDOW_CALLS = {"cuda": 10, "cpu": 1}

@@ -42,10 +42,9 @@ def share_cores_when_idle() -> None:
     """Make this process's CPU thread pools sleep when they run out of work, instead of spinning
     for more: for every command that may run beside other jobs, which is every one but timing.
     PyTorch's OpenMP pool reads OMP_WAIT_POLICY when PyTorch is imported, so call this first.
-    On a 2-core machine four processes at once, each running a small PyTorch CNN between bits of
-    host work, took 24-26 s with OpenMP's default policy against 12-14 s with PASSIVE; four
-    running yolov3 on ONNX Runtime took 9.5-10.0 s with its spinning on against 7.2-7.9 s off.
-    A user's own OMP_WAIT_POLICY wins."""
+    On a small machine, processes whose pools spin steal each other's cores: several at once
+    took far longer with OpenMP's default policy than with PASSIVE. A user's own
+    OMP_WAIT_POLICY wins."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 

@@ -37,14 +37,12 @@ SCOPES = ("model", "end-to-end")
 STAGES = ("decode", "preprocess", "upload", "inference", "download", "postprocess")
 # Batches a pipelined stage may run ahead of the next: two, so that a stage that is slow on one
 # batch and quick on the next does not hold the others back (with one, the model's next batch
-# waited for the previous batch's NMS). On an H200 it made no difference to yolov3's end-to-end
-# pace (11.6 ms a batch at batch 32 either way), whose stages are slow on every batch.
+# waited for the previous batch's NMS). It does not help a pipeline whose stages are slow on
+# every batch.
 PIPELINE_DEPTH = 2
 # Batches whose images the pipeline decodes in one call. On a GPU a call of nvJPEG's batched
-# decoder waits for the work already queued on the device: on an H200 one batch's decode took
-# 7.7-8.0 ms inside the pipeline against 2.6 ms alone, and the model stood idle meanwhile (yolov3
-# 416, batch 32: 10.6 ms a batch, 7.1 ms with the decoded images reused; 8.3-8.5 ms with four
-# batches a call). Fewer, larger calls wait less often.
+# decoder waits for the work already queued on the device, while the model stands idle. Fewer,
+# larger calls wait less often.
 DECODE_GROUP = 4
 
 

@@ -272,8 +272,8 @@ class Backend(ABC):
 
 
 # Images of the build's output check: a check that the engine works, not its accuracy (the
-# accuracy job scores that); each costs a run of the engine and of ONNX Runtime FP32 at the build
-# (at 608 on a 2-core CPU, up to 3 s for the engine alone).
+# accuracy job scores that); each costs a run of the engine and of ONNX Runtime FP32 at the build,
+# seconds an image for the large models on a small CPU.
 CHECK_IMAGES = 1
 
 

@@ -1,9 +1,9 @@
 """cudnn-fused: each convolution with its bias, activation and residual addition as one cuDNN
 kernel, the fusion TensorRT makes, here through cuDNN's graph API (nvidia-cudnn-frontend).
 
-At batch 1 on a GPU, torch-aoti spends a fifth of its device time in the small Triton kernels that
-add the bias and apply the activation after each cuDNN convolution (yolov3-416 fp16 on an H200:
-76 such kernels, 0.12 of 0.67 ms, and the gaps between kernels add 0.06 ms). Here each ConvChain
+At batch 1 on a GPU, torch-aoti spends a large share of its device time in the small Triton
+kernels that add the bias and apply the activation after each cuDNN convolution, and in the gaps
+between them (docs/engines.md). Here each ConvChain
 of our graph (torch_graph) is one cuDNN operation graph, conv_fprop -> bias -> activation (ReLU,
 leaky ReLU, logistic, tanh, swish or mish) -> add, which cuDNN compiles for the engine's fixed
 shapes (its runtime fusion engines). The other operators (routes, upsampling, the YOLO heads)
@@ -375,8 +375,8 @@ class CudnnFusedBackend(_TorchBackend):
         import torch
 
         flags = {**self._flags(request), "batch": request.batch}
-        # yolov3-416 fp16 at batch 1 on an H200: 0.557 ms compiled against 0.627 ms (torch.compile
-        # fuses the heads' 31 elementwise kernels into 4), for about 9 s of compiling at each load.
+        # torch.compile fuses the heads' many elementwise kernels into a few, which pays at batch
+        # 1, for seconds of compiling at each load.
         flags["compile"] = self.option(request, "compile", "cuda")
         _configure(flags)
         chains = CudnnChains(getattr(torch, flags["dtype"]))

@@ -199,11 +199,9 @@ class _TorchBackend(Backend):
         flags["device"] = "cuda"
         if request.precision == "fp32":
             # TF32 tensor cores keep 10 of float32's 23 mantissa bits: fp32 here means IEEE fp32.
-            # fp32 (no tensor cores) ran faster in NCHW on an H100 (yolov3-416, batch 1: 5.4 ms
-            # against 6.2 ms), as on the CPU.
+            # Without tensor cores NCHW was the faster layout, on the GPU as on the CPU.
             return {**flags, "tf32": False}
-        # Tensor cores read fp16 and bf16 fastest in NHWC, with channel counts in multiples of 8:
-        # on an H200, yolov3-416 at batch 1 took 0.71 ms in NHWC against 0.89 ms in NCHW (torch-aoti).
+        # Tensor cores read fp16 and bf16 fastest in NHWC, with channel counts in multiples of 8.
         return {**flags, "channels_last": True, "channel_multiple": 8}
 
 
@@ -337,18 +335,17 @@ def _on(stream):
 
 def _skip_cpu_isa_probe() -> None:
     """Inductor probes the host CPU's vector extensions, once per process, by compiling and
-    loading test programs: 38 s of a 47 s first package load on an H100 machine. They tune CPU
-    kernels, which a CUDA package has none of."""
+    loading test programs, most of a first package load on a GPU machine. They tune CPU kernels,
+    which a CUDA package has none of."""
     import torch._inductor.config
 
     torch._inductor.config.cpp.vec_isa_ok = False
 
 
 def _import_before_aoti_load() -> None:
-    """On an H100 with torch 2.11, every load of a CUDA package in a process that had not
-    imported onnxruntime and cv2 segfaulted in _load_aoti, and every load in one that had
-    succeeded (cause not found); the build, which imports onnxruntime for its output check,
-    always loaded. Both imports are cheap and optional."""
+    """With torch 2.11 on a GPU, loading a CUDA package in a process that had not imported
+    onnxruntime and cv2 crashed in _load_aoti, and loading in one that had did not (cause not
+    found). Both imports are cheap and optional."""
     for name in ("onnxruntime", "cv2"):
         with contextlib.suppress(ImportError):
             __import__(name)

@@ -1,8 +1,8 @@
 """BatchedNms's suppression matrix as one Triton kernel, for CUDA devices where Triton imports.
 
 Built from tensors, the matrix is a dozen passes over [N, k, k] (IoU arithmetic in float32,
-gathers from boxes to candidates, the class test, the triangle, the cast): on an H200, most of
-NMS's device time at yolov3 416, batch 32. The kernel computes each entry once, in registers, with
+gathers from boxes to candidates, the class test, the triangle, the cast): most of NMS's device
+time at large batches. The kernel computes each entry once, in registers, with
 the same float32 operations in the same order, so that an IoU at the threshold rounds as the
 tensor version's (and the host's) does; multiply-adds are not fused for that reason.
 """
