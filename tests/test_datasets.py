@@ -141,7 +141,7 @@ def test_offline_substitutes_say_so(tmp_path):
     assert evaluation["source"] == calibration["source"] == "substitute"
     sources = [image["source"] for image in evaluation["images"]]
     assert sources[0] == "scikit-image bundled photo 'astronaut'" and sources[-1].startswith(
-        "generated scene"
+        "mosaic of scikit-image bundled photos"
     )
     # Calibration never reuses an evaluated image.
     assert not {i["source"] for i in calibration["images"]} & set(sources)

@@ -19,7 +19,7 @@ from PIL import Image
 from yoloforge.errors import YoloforgeError
 from yoloforge.fetch import download, fetch
 from yoloforge.files import atomic_directory, atomic_output, write_json
-from yoloforge.images import BUNDLED_PHOTOS, _bundled_photo, generated_scene, load_rgb
+from yoloforge.images import BUNDLED_PHOTOS, _bundled_photo, generated_scene, load_rgb, photo_mosaic
 
 log = logging.getLogger(__name__)
 
@@ -29,8 +29,6 @@ ANNOTATION_MEMBERS = {
     "train2017": "annotations/captions_train2017.json",
 }
 DOWNLOAD_WORKERS = 8
-# Seeds of generated scenes for calibration start here, so they never repeat evaluation scenes.
-CALIBRATION_SEED_OFFSET = 100_000
 
 
 def _write_jpeg(path: Path, pixels) -> None:
@@ -40,20 +38,23 @@ def _write_jpeg(path: Path, pixels) -> None:
 
 
 def write_substitute_set(output_dir: Path, count: int, calibration: bool) -> list[dict[str, str]]:
-    """Bundled real photos (evaluation only) then generated scenes; returns manifest records."""
-    photos = () if calibration else BUNDLED_PHOTOS
+    """Evaluation: the bundled real photos, then mosaics of them; calibration: generated scenes,
+    never an evaluated image. Returns manifest records."""
     records = []
     for index in range(count):
-        if index < len(photos):
-            name, pixels = photos[index], _bundled_photo(photos[index])
-            source = f"scikit-image bundled photo '{name}'"
-        else:
-            seed = index + (CALIBRATION_SEED_OFFSET if calibration else 0)
+        if calibration:
+            seed = index
             name, pixels, source = (
                 f"generated-{seed}",
                 generated_scene(seed),
                 f"generated scene (seed {seed})",
             )
+        elif index < len(BUNDLED_PHOTOS):
+            name, pixels = BUNDLED_PHOTOS[index], _bundled_photo(BUNDLED_PHOTOS[index])
+            source = f"scikit-image bundled photo '{name}'"
+        else:
+            name, pixels = f"mosaic-{index}", photo_mosaic(index)
+            source = f"mosaic of scikit-image bundled photos (seed {index})"
         filename = f"{index:04d}-{name}.jpg"
         _write_jpeg(output_dir / filename, pixels)
         records.append({"file": filename, "source": source})
