@@ -157,7 +157,7 @@ def snakemake_workflow(tmp_path_factory):
 def test_the_rules_read_the_facts(snakemake_workflow):
     workflow = snakemake_workflow
     precision = re.compile(workflow.wildcard_constraints["precision"])
-    assert [p for p in [*PRECISIONS, "fp64", "fp8"] if precision.fullmatch(p)] == list(PRECISIONS)
+    assert [p for p in [*PRECISIONS, "fp64", "fp4"] if precision.fullmatch(p)] == list(PRECISIONS)
     times_kernels = workflow.globals["build_times_kernels"]
     assert workflow.get_rule("build").resources["gpu"]._evaluator is times_kernels
     config = workflow.globals["config"]

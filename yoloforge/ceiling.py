@@ -1,7 +1,10 @@
 """The device's measured compute ceilings: one large 3x3 convolution per precision.
 
-YOLO's FLOPs are almost all 3x3 convolutions, so a large one run by cuDNN (or oneDNN on a CPU)
-is the throughput a well-tuned engine can approach here, a fairer roof than the datasheet's peak.
+YOLO's FLOPs are almost all 3x3 convolutions, so a large one is the throughput a well-tuned
+engine can approach here, a fairer roof than the datasheet's peak. On a GPU it is timed through
+every route the engines run convolutions by (PyTorch's cuDNN call; cuDNN's graph API at its
+fastest plan, as cudnn-fused; the FP8 kernel for fp8) and the fastest is kept, so that no
+engine's fraction is measured against a slower kernel than it could run.
 """
 
 from __future__ import annotations
@@ -64,7 +67,9 @@ def measure_ceilings() -> dict[str, dict[str, Any]]:
     threads = torch.get_num_threads()
     torch.set_num_threads(cpu_threads())  # as the CPU engines run
     try:
-        return {"fp32": _time_convolution(torch, "cpu", torch.float32, CPU_SHAPE)}
+        images, weight = _operands(torch, "cpu", torch.float32, CPU_SHAPE)
+        route = {"PyTorch conv2d (oneDNN)": _torch_route(torch, images, weight)}
+        return {"fp32": _fastest(torch, "cpu", route, CPU_SHAPE)}
     finally:
         torch.set_num_threads(threads)
 
@@ -80,24 +85,101 @@ def _cuda_ceilings(torch) -> dict[str, dict[str, Any]]:
     cudnn.benchmark = True
     cudnn.allow_tf32 = False
     try:
-        return {
-            name: _time_convolution(torch, "cuda", dtype, CUDA_SHAPE) for name, dtype in precisions.items()
-        }
+        ceilings = {}
+        for name, dtype in precisions.items():
+            images, weight = _operands(torch, "cuda", dtype, CUDA_SHAPE)
+            routes = {"PyTorch conv2d (cuDNN)": _torch_route(torch, images, weight)}
+            if dtype != torch.float32:
+                routes.update(_cudnn_graph_route(torch, images, weight))
+            ceilings[name] = _fastest(torch, "cuda", routes, CUDA_SHAPE)
+            if name == "fp16":
+                fp8 = _fp8_route(torch, images, weight)
+                if fp8:
+                    ceilings["fp8"] = _fastest(torch, "cuda", fp8, CUDA_SHAPE)
+        return ceilings
     finally:
         cudnn.benchmark, cudnn.allow_tf32 = saved
         torch.cuda.empty_cache()
 
 
-def _time_convolution(torch, device: str, dtype, shape: tuple[int, int, int]) -> dict[str, Any]:
+def _operands(torch, device: str, dtype, shape: tuple[int, int, int]):
     batch, channels, size = shape
     images = torch.randn(batch, channels, size, size, device=device, dtype=dtype)
-    images = images.contiguous(memory_format=torch.channels_last)
-    weight = torch.randn(channels, channels, 3, 3, device=device, dtype=dtype)
-    weight = weight.contiguous(memory_format=torch.channels_last)
+    weight = torch.randn(channels, channels, 3, 3, device=device, dtype=dtype) / (9 * channels) ** 0.5
+    return images.contiguous(memory_format=torch.channels_last), weight.contiguous(
+        memory_format=torch.channels_last
+    )
 
-    def convolve():
-        return torch.nn.functional.conv2d(images, weight, stride=1, padding=1)
 
+def _torch_route(torch, images, weight) -> Callable[[], Any]:
+    return lambda: torch.nn.functional.conv2d(images, weight, stride=1, padding=1)
+
+
+def _probe_chain():
+    from yoloforge.backends.torch_graph import ConvChain
+
+    return ConvChain("ceiling", (1, 1), (1, 1), (1, 1), (1, 1), None, 0.0, False)
+
+
+def _cudnn_graph_route(torch, images, weight) -> dict[str, Callable[[], Any]]:
+    """cuDNN's graph API at its fastest plan (every listed plan tried), where it is installed."""
+    try:
+        from yoloforge.backends.cudnn_fused import CudnnChains
+
+        chains = CudnnChains(images.dtype)
+    except (ImportError, OSError, RuntimeError) as error:
+        log.info("no cuDNN graph route for the ceiling: %s", error)
+        return {}
+    bias = torch.zeros(weight.shape[0], device=images.device, dtype=images.dtype)
+    run = chains.fuse(_probe_chain())
+    with torch.inference_mode():
+        run(images, weight, bias)  # tunes
+    plan = next(iter(chains.plans.values()))
+    return {f"cuDNN graph plan {plan.get('name', plan['plan'])}": lambda: run(images, weight, bias)}
+
+
+def _fp8_route(torch, images, weight) -> dict[str, Callable[[], Any]]:
+    """The FP8 kernel (fp8_chain) at its fastest tile shape, where the GPU and Triton run it."""
+    if torch.cuda.get_device_capability() < (8, 9):
+        return {}
+    try:
+        from yoloforge.backends.cudnn_fused import _replay_ms
+        from yoloforge.backends.fp8_chain import activation_scale, configs_for, quantize_weights, run_chain
+    except ImportError as error:
+        log.info("no FP8 route for the ceiling: %s", error)
+        return {}
+    chain = _probe_chain()
+    quantized, weight_scale = quantize_weights(weight)
+    scale = activation_scale(float(images.abs().max()))
+    dequant = (weight_scale * scale).float()
+    bias = torch.zeros(weight.shape[0], device=images.device, dtype=images.dtype)
+    output = torch.empty_like(images)
+
+    def route(config):
+        return lambda: run_chain(chain, config, images, quantized, dequant, scale, bias, None, output)
+
+    timed = {config: _replay_ms(route(config)) for config in configs_for(images.shape[1], weight.shape[0])}
+    best = min(timed, key=timed.__getitem__)
+    return {f"FP8 kernel (Triton), tiles {best}": route(best)}
+
+
+def _fastest(torch, device: str, routes: dict[str, Callable[[], Any]], shape) -> dict[str, Any]:
+    """The ceiling of the fastest route, with every route's TFLOP/s beside it."""
+    timed = {
+        route: _time_convolution(torch, device, convolve, shape, route) for route, convolve in routes.items()
+    }
+    best = max(timed, key=lambda route: timed[route]["tflops"])
+    return {
+        **timed[best],
+        "route": best,
+        "routes": {route: round(c["tflops"], 1) for route, c in timed.items()},
+    }
+
+
+def _time_convolution(
+    torch, device: str, convolve: Callable[[], Any], shape: tuple[int, int, int], route: str
+) -> dict[str, Any]:
+    batch, channels, size = shape
     calls = WINDOW_CALLS[device]
 
     def window() -> float:
@@ -130,12 +212,12 @@ def _time_convolution(torch, device: str, dtype, shape: tuple[int, int, int]) ->
         f" after {WARMUP_SECONDS[device]} s warm-up",
     }
     ceiling["tflops"] = flops / (ceiling["ms"] / 1e3) / 1e12
-    log.info("%s %s ceiling: %.1f TFLOP/s (%.3f ms)", device, dtype, ceiling["tflops"], ceiling["ms"])
+    log.info("%s %s ceiling: %.1f TFLOP/s (%.3f ms)", device, route, ceiling["tflops"], ceiling["ms"])
     if not ceiling["agree"]:
         log.warning(
             "%s %s ceiling not trusted: its %d stretches differ by %.0f%% (more than %.0f%%);"
             " was the machine busy? The table gives no fraction of it",
-            device, dtype, REPEATS, 100 * ceiling["spread"], 100 * AGREEMENT,
+            device, route, REPEATS, 100 * ceiling["spread"], 100 * AGREEMENT,
         )  # fmt: skip
     return ceiling
 

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 
 # Every precision an engine may declare, and every kind of device it may run on (the "kind" of a
 # device fingerprint).
-PRECISIONS = ("fp32", "fp16", "bf16", "int8")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "fp8")
 DEVICE_KINDS = ("cpu", "cuda")
 OPTION_TYPES = {bool: "boolean", int: "integer", float: "number", str: "string"}
 
@@ -275,6 +275,12 @@ class Backend(ABC):
 # accuracy job scores that); each costs a run of the engine and of ONNX Runtime FP32 at the build,
 # seconds an image for the large models on a small CPU.
 CHECK_IMAGES = 1
+
+
+def engine_stem(request: BuildRequest) -> str:
+    """The engine's file name without ".engine": of the final engine, not the temporary file the
+    build writes to."""
+    return request.output.name.split(".engine")[0].lstrip(".")
 
 
 def calibration_batches(request: BuildRequest, batch: int = 1) -> list[np.ndarray]:

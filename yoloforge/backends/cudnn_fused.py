@@ -11,9 +11,15 @@ run as torch operations, compiled by torch.compile unless the build option `comp
 and the runner replays the whole forward pass as one CUDA graph.
 
 The engine file is a zip of the ONNX file and the plan chosen for each distinct chain. At build,
-the candidate plans of cuDNN's heuristics and the chain as separate torch operations are each
-timed on the device, replayed from a CUDA graph as the engine runs, and the fastest is kept; load
-builds those plans again, on the device and library versions the fingerprint pins.
+every plan cuDNN's heuristics list and the chain as separate torch operations are each timed on
+the device, replayed from a CUDA graph as the engine runs, and the fastest is kept; load builds
+those plans again, on the device and library versions the fingerprint pins.
+
+The fp8 precision is the fp16 engine with one more candidate per chain: fp8_chain's FP8 kernel,
+with the activation ranges measured on the calibration images (a calibration cache beside the
+engine, reused by later builds of the same model and images). A chain runs in FP8 only where
+that is faster than its best FP16 candidate and its output stays within FP8_TOLERANCE of the
+FP16 chain's; the plans file records each chain's FP8 outcome and why.
 """
 
 from __future__ import annotations
@@ -25,21 +31,28 @@ import logging
 import shutil
 import tempfile
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from yoloforge.backends.base import BuildOption, BuildRequest, EngineFacts, Runner
+from yoloforge.backends.base import BuildOption, BuildRequest, EngineFacts, Runner, calibration_batches
+from yoloforge.backends.calibration import cached_activation_ranges
 from yoloforge.backends.torch_backend import _configure, _module_for, _TorchBackend, _TorchRunner
 from yoloforge.backends.torch_graph import ConvChain, chain_in_torch
 from yoloforge.errors import YoloforgeError
 
-# Plans timed per distinct chain, best first by cuDNN's heuristics; each may compile a kernel
-# (runtime fusion), a fraction of a second.
-CANDIDATE_PLANS = 3
+# Every plan of cuDNN's heuristics is run once; the SCREENED fastest of those are then timed by
+# replay. Slow plans at a large batch take milliseconds a run, and a replay timing runs each
+# ~150 times, so timing them all in full would take minutes a chain.
+SCREENED = 4
+# A chain's FP8 output may differ from its FP16 output by this root-mean-square share of the
+# FP16 output's; E4M3 keeps 3 mantissa bits, and a random convolution of calibrated inputs
+# lands near 0.02-0.04.
+FP8_TOLERANCE = 0.06
 # Executions per timing, replayed from one CUDA graph: a chain takes microseconds at batch 1,
 # less than a launch from Python, so only a replay times the kernel rather than the host.
 TIMED_RUNS = 20
-ENGINE_MEMBERS = ("model.onnx", "plans.json")
+ENGINE_MEMBERS = ("model.onnx", "plans.json", "calibration.json")
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +63,12 @@ class CudnnChains:
     graph capture) and executed with that call's tensors; repeated layers share it.
 
     With `plans` None every distinct chain is timed (build) and `plans` records the winners;
-    otherwise each chain runs the plan recorded for it."""
+    otherwise each chain runs the plan recorded for it. `ranges` (fp8 engines) is each chain's
+    calibrated input range, by chain name."""
 
-    def __init__(self, dtype, plans: dict[str, dict[str, Any]] | None = None) -> None:
+    def __init__(
+        self, dtype, plans: dict[str, dict[str, Any]] | None = None, ranges: dict[str, float] | None = None
+    ) -> None:
         import cudnn
         import torch
 
@@ -62,7 +78,9 @@ class CudnnChains:
         self.plans: dict[str, dict[str, Any]] = {} if plans is None else plans
         self.handle = cudnn.create_handle()
         self.workspace = torch.empty(0, dtype=torch.uint8, device="cuda")
+        self.ranges = ranges
         self._runs: dict[str, Any] = {}
+        self._fp8_operands: dict[str, tuple[Any, Any, float]] = {}
 
     def fuse(self, chain: ConvChain):
         unfused = chain_in_torch(chain)
@@ -73,12 +91,13 @@ class CudnnChains:
             key = _signature(chain, x, kernel, residual)
             if key not in self._runs:
                 self._runs[key] = self._prepare(key, chain, unfused, x, kernel, bias, residual)
-            return self._runs[key](x, kernel, bias, residual)
+            return self._runs[key](chain, x, kernel, bias, residual)
 
         return as_custom_op(chain, run)
 
     def _prepare(self, key: str, chain: ConvChain, unfused, x, kernel, bias, residual):
-        """The function that runs this chain from now on: a cuDNN plan or the torch operations."""
+        """The function that runs chains of this signature from now on, (chain, x, kernel, bias,
+        residual) -> output: a cuDNN plan, the FP8 kernel or the torch operations."""
         if self.tuning:
             self.plans[key], run = self._tune(chain, unfused, x, kernel, bias, residual)
             return run
@@ -86,7 +105,9 @@ class CudnnChains:
             raise YoloforgeError(f"the engine has no plan for {chain.name} ({key}); rebuild it")
         plan = self.plans[key]
         if plan["plan"] == "torch":
-            return unfused
+            return _ignoring_chain(unfused)
+        if plan["plan"] == "fp8":
+            return self._fp8_executor(tuple(plan["config"]))
         graph, tensors = self._graph(chain, x, kernel, residual)
         graph.build_plan_at_index(plan["plan"])
         if graph.get_plan_name_at_index(plan["plan"]) != plan["name"]:
@@ -153,7 +174,7 @@ class CudnnChains:
             # grows before capture (the warm-up builds every plan).
             self.workspace = torch.empty(needed, dtype=torch.uint8, device="cuda")
 
-        def execute(x, kernel, bias, residual=None):
+        def execute(chain, x, kernel, bias, residual=None):
             shape, stride = _output_layout(chain, x, kernel)
             y = torch.empty_strided(shape, stride, dtype=x.dtype, device=x.device)
             pointers = {tensors["x"]: x, tensors["kernel"]: kernel, tensors["bias"]: bias, tensors["y"]: y}
@@ -165,44 +186,125 @@ class CudnnChains:
 
         return execute
 
+    def _fp8_executor(self, config: tuple[int, ...]):
+        import torch
+
+        from yoloforge.backends.fp8_chain import run_chain
+
+        def execute(chain, x, kernel, bias, residual=None):
+            weights, dequant, scale = self._fp8_operands_of(chain, kernel)
+            shape, stride = _output_layout(chain, x, kernel)
+            y = torch.empty_strided(shape, stride, dtype=x.dtype, device=x.device)
+            run_chain(chain, config, x, weights, dequant, scale, bias, residual, y)
+            return y
+
+        return execute
+
+    def _fp8_operands_of(self, chain: ConvChain, kernel) -> tuple[Any, Any, float]:
+        """The chain's FP8 weights, dequantization factors and activation scale, made once (at
+        the warm-up, before capture)."""
+        if chain.name not in self._fp8_operands:
+            from yoloforge.backends.fp8_chain import activation_scale, quantize_weights
+
+            if not self.ranges or chain.name not in self.ranges:
+                raise YoloforgeError(f"the calibration has no range for {chain.name}; rebuild the engine")
+            weights, weight_scale = quantize_weights(kernel)
+            scale = activation_scale(self.ranges[chain.name])
+            self._fp8_operands[chain.name] = (weights, (weight_scale * scale).float(), scale)
+        return self._fp8_operands[chain.name]
+
     def _tune(self, chain: ConvChain, unfused, x, kernel, bias, residual):
-        """Time each candidate plan and the unfused torch operations: the fastest as a plan
-        record, and the function that runs it."""
-        arguments = (x, kernel, bias) if residual is None else (x, kernel, bias, residual)
+        """Time the torch operations, every cuDNN plan and (fp8 engines) the FP8 kernel: the
+        fastest as a plan record, and the function that runs it."""
+        arguments = (chain, x, kernel, bias) if residual is None else (chain, x, kernel, bias, residual)
+        unfused = _ignoring_chain(unfused)
         torch_ms = _replay_ms(lambda: unfused(*arguments))
         best: tuple[float, dict[str, Any], Any] = (torch_ms, {"plan": "torch"}, unfused)
-        candidates, failures = 1, {}
+        candidates, failures, screened = 1, {}, []
         try:
             graph, tensors = self._graph(chain, x, kernel, residual)
             count = graph.get_execution_plan_count()
         except Exception as error:  # noqa: BLE001 - cuDNN raises several types for "not supported"
             count = 0
             best[1]["why"] = f"no cuDNN plan: {(str(error) or type(error).__name__).splitlines()[0]}"
-        for index in range(min(count, CANDIDATE_PLANS)):
+        for index in range(count):
             try:
                 graph.build_plan_at_index(index)
                 execute = self._executor(graph, tensors, index, chain)
-                milliseconds = _replay_ms(lambda execute=execute: execute(*arguments))
+                screened.append((_single_run_ms(lambda execute=execute: execute(*arguments)), index, execute))
             except Exception as error:  # noqa: BLE001 - a plan that does not build or run is no candidate
                 failures[index] = (str(error) or type(error).__name__).splitlines()[0]
-                continue
+        for _, index, execute in sorted(screened, key=lambda entry: entry[0])[:SCREENED]:
             candidates += 1
+            milliseconds = _replay_ms(lambda execute=execute: execute(*arguments))
             if milliseconds < best[0]:
                 best = (milliseconds, {"plan": index, "name": graph.get_plan_name_at_index(index)}, execute)
+        fp8 = self._tune_fp8(chain, unfused, arguments, best[0]) if self.ranges is not None else None
+        if fp8 is not None and fp8[0] is not None:
+            best = fp8[0]
         milliseconds, record, run = best
         record.update(ms=round(milliseconds, 5), torch_ms=round(torch_ms, 5), candidates=candidates)
+        record["cudnn_plans"] = {"listed": count, "replay_timed": min(len(screened), SCREENED)}
+        if fp8 is not None:
+            record["fp8"] = fp8[1]
         if failures:
             record["failed_plans"] = failures
         log.info(
-            "%s: %s, %.4f ms (as torch operations %.4f ms; %d candidates, %d failed)",
+            "%s: %s, %.4f ms (as torch operations %.4f ms; %d of %d plans timed, %d failed)%s",
             chain.name,
-            record.get("name", "torch operations"),
+            record.get("name", f"{record['plan']} {record.get('config', '')}".strip()),
             milliseconds,
             torch_ms,
-            candidates,
+            candidates - 1,
+            count,
             len(failures),
+            f"; fp8: {record['fp8']}" if fp8 is not None else "",
         )
         return record, run
+
+    def _tune_fp8(self, chain: ConvChain, unfused, arguments, fp16_ms: float):
+        """(best or None, what happened): the FP8 kernel's tile shapes timed on this chain, the
+        fastest kept if it beats `fp16_ms` and its output passes the check."""
+        import torch
+
+        from yoloforge.backends.fp8_chain import configs_for, unsupported
+
+        x, kernel = arguments[1], arguments[2]
+        channels, outputs = x.shape[1], kernel.shape[0]
+        # Darknet's linear convolutions are the ones feeding the detection heads: their raw box
+        # and score logits stay in FP16.
+        why = "feeds a detection head" if chain.activation is None else unsupported(chain, channels, outputs)
+        if why:
+            return None, {"used": False, "why": why}
+        reference = unfused(*arguments).float()
+        fastest: tuple[float, tuple[int, ...], float] | None = None
+        for config in configs_for(channels, outputs):
+            execute = self._fp8_executor(config)
+            error = (execute(*arguments).float() - reference).pow(2).mean().sqrt()
+            error = float(error / reference.pow(2).mean().sqrt().clamp_min(1e-12))
+            milliseconds = _replay_ms(lambda execute=execute: execute(*arguments))
+            if fastest is None or milliseconds < fastest[0]:
+                fastest = (milliseconds, config, error)
+        torch.cuda.synchronize()
+        if fastest is None:
+            return None, {"used": False, "why": "no tile shape fits its channels"}
+        milliseconds, config, error = fastest
+        outcome = {"ms": round(milliseconds, 5), "config": list(config), "relative_error": round(error, 4)}
+        if not error <= FP8_TOLERANCE:
+            return None, {**outcome, "used": False, "why": f"output error above {FP8_TOLERANCE}"}
+        if milliseconds >= fp16_ms:
+            return None, {**outcome, "used": False, "why": f"slower than FP16 ({fp16_ms:.5f} ms)"}
+        record = {"plan": "fp8", "config": list(config)}
+        return (milliseconds, record, self._fp8_executor(config)), {**outcome, "used": True}
+
+
+def _ignoring_chain(function):
+    """`function` (x, kernel, bias, residual) as a chain executor, which also takes the chain."""
+
+    def execute(chain, *arguments):
+        return function(*arguments)
+
+    return execute
 
 
 def _pointwise_activation(graph, chain: ConvChain, y):
@@ -302,6 +404,19 @@ def _output_layout(chain: ConvChain, x, kernel) -> tuple[tuple[int, ...], tuple[
     return shape, _packed_channels_last(shape)
 
 
+def _single_run_ms(run) -> float:
+    """Device milliseconds of one `run` after one untimed run: a screening, not a timing."""
+    import torch
+
+    run()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    run()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end)
+
+
 def _replay_ms(run) -> float:
     """Device milliseconds of one `run`, from TIMED_RUNS of it captured into one CUDA graph."""
     import torch
@@ -339,7 +454,7 @@ class CudnnFusedBackend(_TorchBackend):
     name = "cudnn-fused"
     # Its build times each chain's cuDNN plans on the GPU.
     facts = EngineFacts(
-        precisions=("fp16", "bf16"),
+        precisions=("fp16", "bf16", "fp8"),
         devices=("cuda",),
         extras=("torch", "cudnn"),
         family="cudnn",
@@ -366,7 +481,20 @@ class CudnnFusedBackend(_TorchBackend):
             _frontend_versions()
         except (ImportError, OSError, RuntimeError) as error:
             return f"cuDNN's graph API is not usable here (pip install nvidia-cudnn-frontend): {error}"
+        if precision == "fp8":
+            if torch.cuda.get_device_capability() < (8, 9):
+                return f"{torch.cuda.get_device_name()} has no FP8 tensor cores (compute capability 8.9+)"
+            try:
+                import triton  # noqa: F401 - the FP8 kernel is Triton's
+            except ImportError as error:
+                return f"the FP8 kernel needs Triton: {error}"
         return None
+
+    def _flags(self, request: BuildRequest) -> dict[str, Any]:
+        # fp8 is the fp16 engine with FP8 chains where they pay.
+        if request.precision != "fp8":
+            return super()._flags(request)
+        return {**super()._flags(replace(request, precision="fp16")), "fp8": True}
 
     def library_versions(self) -> dict[str, str]:
         return {**super().library_versions(), **_frontend_versions()}
@@ -379,25 +507,39 @@ class CudnnFusedBackend(_TorchBackend):
         # 1, for seconds of compiling at each load.
         flags["compile"] = self.option(request, "compile", "cuda")
         _configure(flags)
-        chains = CudnnChains(getattr(torch, flags["dtype"]))
+        ranges = None
+        if flags.get("fp8"):
+            ranges, calibration = cached_activation_ranges(request, "cuda")
+            flags.update(calibration)
+        chains = CudnnChains(getattr(torch, flags["dtype"]), ranges=ranges)
         module = _module_for(request.onnx, flags, fuse=chains.fuse)
-        example = torch.zeros((request.batch, *module.image_shape), device="cuda", dtype=chains.torch_dtype)
+        # Tuned on a calibration batch: the FP8 output check needs real activations, and the
+        # tensor cores' power draw (so their clocks) depends on the data.
+        if request.calibration:
+            example = torch.from_numpy(calibration_batches(request, request.batch)[0]).cuda()
+        else:
+            example = torch.zeros((request.batch, *module.image_shape), device="cuda")
         with torch.inference_mode():
-            module(example.contiguous(memory_format=torch.channels_last))  # times every chain's plans
+            # Times every chain's candidates.
+            module(example.to(chains.torch_dtype).contiguous(memory_format=torch.channels_last))
         torch.cuda.synchronize()
         plans = chains.plans
         buffer = io.BytesIO()
         with zipfile.ZipFile(buffer, "w") as archive:
             archive.write(request.onnx, ENGINE_MEMBERS[0])
             archive.writestr(ENGINE_MEMBERS[1], json.dumps(plans, indent=1, sort_keys=True))
+            if ranges is not None:
+                archive.writestr(ENGINE_MEMBERS[2], json.dumps(ranges, indent=1, sort_keys=True))
         request.output.write_bytes(buffer.getvalue())
-        fused = [plan for plan in plans.values() if plan["plan"] != "torch"]
+        fused = [plan for plan in plans.values() if isinstance(plan["plan"], int)]
+        in_fp8 = [plan for plan in plans.values() if plan["plan"] == "fp8"]
         return {
             **flags,
             "distinct_chains": len(plans),
             "chains_fused_by_cudnn": len(fused),
-            "chain_ms_fused": round(sum(plan["ms"] for plan in fused), 4),
-            "chain_ms_as_torch": round(sum(plan["torch_ms"] for plan in fused), 4),
+            **({"chains_in_fp8": len(in_fp8)} if ranges is not None else {}),
+            "chain_ms_fused": round(sum(plan["ms"] for plan in fused + in_fp8), 4),
+            "chain_ms_as_torch": round(sum(plan["torch_ms"] for plan in fused + in_fp8), 4),
         }
 
     def _load(self, engine: Path, sidecar: dict[str, Any]) -> Runner:
@@ -408,11 +550,14 @@ class CudnnFusedBackend(_TorchBackend):
         try:
             with zipfile.ZipFile(engine) as archive:
                 plans = json.loads(archive.read(ENGINE_MEMBERS[1]))
+                ranges = None
+                if flags.get("fp8"):
+                    ranges = json.loads(archive.read(ENGINE_MEMBERS[2]))
                 with tempfile.TemporaryDirectory() as scratch:
                     onnx = Path(scratch) / ENGINE_MEMBERS[0]
                     with archive.open(ENGINE_MEMBERS[0]) as source, onnx.open("wb") as target:
                         shutil.copyfileobj(source, target)
-                    chains = CudnnChains(getattr(torch, flags["dtype"]), plans)
+                    chains = CudnnChains(getattr(torch, flags["dtype"]), plans, ranges)
                     module = _module_for(onnx, flags, fuse=chains.fuse)
         except (zipfile.BadZipFile, KeyError, json.JSONDecodeError) as error:
             raise YoloforgeError(f"not a cudnn-fused engine file: {error}", engine) from None

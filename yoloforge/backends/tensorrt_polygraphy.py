@@ -20,6 +20,7 @@ from yoloforge.backends.base import (
     EngineFacts,
     Runner,
     calibration_batches,
+    engine_stem,
     onnx_metadata,
 )
 from yoloforge.device import cuda_fingerprint
@@ -122,6 +123,4 @@ class TensorRtBackend(Backend):
 
 
 def _calibration_cache_path(request: BuildRequest) -> Path:
-    # Named after the final engine, not the temporary file the build writes to.
-    stem = request.output.name.split(".engine")[0].lstrip(".")
-    return request.output.parent / f"{stem}.calibration.cache"
+    return request.output.parent / f"{engine_stem(request)}.calibration.cache"

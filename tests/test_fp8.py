@@ -1,0 +1,196 @@
+"""The fp8 precision of cudnn-fused: weight quantization and the calibration cache on any machine;
+the FP8 kernel and the engine where a GPU with FP8 tensor cores and Triton are present (CI's
+machines have none, so those tests skip there)."""
+
+import json
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import MODELS, real_photo_batch
+from tests.reference import onnx_detections
+from yoloforge.backends import BuildRequest, get_backend
+from yoloforge.backends.base import calibration_batches
+from yoloforge.backends.calibration import cache_path, cached_activation_ranges
+from yoloforge.backends.fp8_chain import FP8_MAX, configs_for, quantize_weights, unsupported
+from yoloforge.backends.torch_graph import ConvChain, chain_in_torch
+from yoloforge.darknet.convert import convert
+from yoloforge.detections import agreement, decode
+from yoloforge.images import generated_scene, photo_mosaic
+
+torch = pytest.importorskip("torch")
+
+
+def _chain(kernel=3, stride=1, activation="relu", slope=0.1, residual=False, dilation=1):
+    pad = kernel // 2 * dilation
+    return ConvChain(
+        "c", (stride, stride), (pad, pad), (pad, pad), (dilation, dilation), activation, slope, residual
+    )
+
+
+def test_weights_quantize_per_output_channel_in_the_kernels_layout():
+    generator = torch.Generator().manual_seed(0)
+    kernel = torch.randn(6, 32, 3, 3, generator=generator)
+    kernel[2] *= 1e-3  # a channel far smaller than the rest keeps its own precision
+    quantized, scale = quantize_weights(kernel)
+    assert quantized.dtype == torch.float8_e4m3fn and quantized.shape == (6, 3, 3, 32)
+    assert quantized.is_contiguous()
+    restored = quantized.float().permute(0, 3, 1, 2) * scale[:, None, None, None]
+    for channel in range(6):
+        largest = kernel[channel].abs().max()
+        assert float(quantized[channel].float().abs().max()) == FP8_MAX
+        # E4M3 rounds to 3 mantissa bits: half a step is 1/16 of the value.
+        error = (restored[channel] - kernel[channel]).abs()
+        assert bool((error <= kernel[channel].abs() / 16 + largest * 2**-9 / FP8_MAX * 448).all())
+
+
+@pytest.mark.parametrize(
+    ("chain", "channels", "outputs", "why"),
+    [
+        (_chain(), 64, 128, None),
+        (_chain(kernel=1, activation="mish"), 32, 8, None),
+        (_chain(dilation=2), 64, 64, "dilated"),
+        (_chain(), 48, 64, "48 input channels"),
+        (_chain(), 64, 12, "12 output channels"),
+        (_chain(activation="gelu"), 64, 64, "activation gelu"),
+    ],
+)
+def test_chains_the_fp8_kernel_takes(chain, channels, outputs, why):
+    reason = unsupported(chain, channels, outputs)
+    assert (reason is None) if why is None else why in reason
+    if why is None:
+        assert configs_for(channels, outputs)
+        assert all(channels % config[2] == 0 for config in configs_for(channels, outputs))
+
+
+@pytest.fixture(scope="module")
+def tiny_onnx(synthetic_weights, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny")
+    path = folder / "yolov3-tiny-96.onnx"
+    convert(MODELS / "yolov3-tiny.cfg", synthetic_weights(MODELS / "yolov3-tiny.cfg"), path, (96, 96))
+    return path
+
+
+def _images(folder, seeds, mosaic=False):
+    folder.mkdir(parents=True, exist_ok=True)
+    for seed in seeds:
+        image = photo_mosaic(seed, 160, 120) if mosaic else generated_scene(seed, 160, 120)
+        Image.fromarray(image).save(folder / f"{seed:03d}.png")
+    return sorted(folder.iterdir())
+
+
+def test_calibration_cache_is_reused_and_measured_again_when_its_inputs_change(tiny_onnx, tmp_path):
+    calibration = _images(tmp_path / "calibration", range(3))
+    output = tmp_path / "engines" / "yolov3-tiny-96-fp8-b4.engine"
+    output.parent.mkdir()
+    request = BuildRequest(onnx=tiny_onnx, precision="fp8", batch=4, output=output, calibration=calibration)
+    assert cache_path(request).name == "yolov3-tiny-96-fp8.calibration.json"
+
+    ranges, record = cached_activation_ranges(request, "cpu")
+    assert record["calibration"] == "measured on 3 images"
+    assert len(ranges) == 13 and all(value > 0 for value in ranges.values())  # every convolution
+    # The first convolution reads the images themselves.
+    first = min(ranges, key=lambda name: int("".join(filter(str.isdigit, name)) or 0))
+    images = np.concatenate(calibration_batches(request, 8))
+    assert ranges[first] == pytest.approx(float(np.abs(images).max()))
+
+    # Another batch size's build reuses it; the file is the cache's own, not an engine output.
+    other_batch = output.with_name("yolov3-tiny-96-fp8-b1.engine")
+    again, record = cached_activation_ranges(
+        BuildRequest(onnx=tiny_onnx, precision="fp8", batch=1, output=other_batch, calibration=calibration),
+        "cpu",
+    )
+    assert record["calibration"] == "cache reused" and again == ranges
+    assert sorted(path.name for path in output.parent.iterdir()) == ["yolov3-tiny-96-fp8.calibration.json"]
+
+    other_images = _images(tmp_path / "other", range(3, 5), mosaic=True)
+    other, record = cached_activation_ranges(
+        BuildRequest(onnx=tiny_onnx, precision="fp8", batch=4, output=output, calibration=other_images), "cpu"
+    )
+    assert record["calibration"] == "measured on 2 images" and other != ranges
+    cached = json.loads(cache_path(request).read_text())
+    assert cached["key"]["images"] == ["003.png", "004.png"] and cached["ranges"] == other
+
+    cache_path(request).write_text("{not json")
+    _, record = cached_activation_ranges(request, "cpu")
+    assert record["calibration"] == "measured on 3 images"
+
+
+fp8_reason = get_backend("cudnn-fused").unavailable_reason("fp8")
+needs_fp8 = pytest.mark.skipif(fp8_reason is not None, reason=f"no FP8 engine here: {fp8_reason}")
+
+
+@needs_fp8
+@pytest.mark.parametrize(
+    ("chain", "batch", "channels", "outputs", "size"),
+    [
+        (_chain(residual=True), 3, 64, 128, 19),
+        (_chain(stride=2), 2, 32, 64, 27),
+        (_chain(kernel=1, activation="mish"), 1, 128, 40, 13),
+        (_chain(activation="swish"), 2, 64, 64, 10),
+        (_chain(activation="sigmoid", residual=True), 1, 96, 72, 7),
+        (_chain(activation="tanh"), 1, 32, 32, 5),
+        (_chain(activation="relu", slope=0.0), 4, 256, 256, 8),
+    ],
+)
+def test_the_fp8_kernel_computes_the_chain(chain, batch, channels, outputs, size):
+    from yoloforge.backends.cudnn_fused import FP8_TOLERANCE
+    from yoloforge.backends.fp8_chain import activation_scale, run_chain
+
+    generator = torch.Generator(device="cuda").manual_seed(1)
+    x = torch.randn(batch, channels, size, size, device="cuda", generator=generator).abs().half()
+    kernel_size = 1 if chain.pre_padding == (0, 0) else 3
+    kernel = torch.randn(outputs, channels, kernel_size, kernel_size, device="cuda", generator=generator)
+    kernel = (kernel / (channels * kernel_size**2) ** 0.5).half()
+    bias = (torch.randn(outputs, device="cuda", generator=generator) * 0.1).half()
+    x, kernel = (t.contiguous(memory_format=torch.channels_last) for t in (x, kernel))
+    expected = chain_in_torch(chain)(x, kernel, bias)
+    residual = (
+        torch.randn_like(expected).contiguous(memory_format=torch.channels_last) if chain.residual else None
+    )
+    if residual is not None:
+        expected = expected + residual
+    quantized, weight_scale = quantize_weights(kernel)
+    scale = activation_scale(float(x.abs().max()))
+    for config in configs_for(channels, outputs):
+        y = torch.full_like(expected, float("nan")).contiguous(memory_format=torch.channels_last)
+        run_chain(chain, config, x, quantized, (weight_scale * scale).float(), scale, bias, residual, y)
+        error = float(
+            (y.float() - expected.float()).pow(2).mean().sqrt() / expected.float().pow(2).mean().sqrt()
+        )
+        assert torch.isfinite(y).all() and error < FP8_TOLERANCE, (config, error)
+
+
+@needs_fp8
+def test_fp8_engine_records_its_choices_reuses_its_calibration_and_detects(tiny_weights, tmp_path):
+    onnx_path = tmp_path / "tiny-320.onnx"
+    convert(MODELS / "yolov3-tiny.cfg", tiny_weights, onnx_path, (320, 320))
+    calibration = _images(tmp_path / "calibration", range(8), mosaic=True)
+    backend = get_backend("cudnn-fused")
+    built = {}
+    for batch in (2, 3):
+        output = tmp_path / "engines" / f"tiny-320-fp8-b{batch}.engine"
+        output.parent.mkdir(exist_ok=True)
+        built[batch] = backend.build(
+            BuildRequest(onnx=onnx_path, precision="fp8", batch=batch, output=output, calibration=calibration)
+        )["build_flags"]
+    assert built[2]["calibration"] == "measured on 8 images"
+    assert built[3]["calibration"] == "cache reused"
+    with zipfile.ZipFile(tmp_path / "engines" / "tiny-320-fp8-b3.engine") as archive:
+        plans = json.loads(archive.read("plans.json"))
+    # Every chain says what became of FP8: used, or why not.
+    assert all(
+        "used" in plan["fp8"] and (plan["fp8"]["used"] or plan["fp8"]["why"]) for plan in plans.values()
+    )
+    assert built[3]["chains_in_fp8"] == sum(plan["plan"] == "fp8" for plan in plans.values())
+    assert any(plan["fp8"].get("why") == "feeds a detection head" for plan in plans.values())
+
+    images = real_photo_batch(320, 320)
+    runner = backend.load(tmp_path / "engines" / "tiny-320-fp8-b3.engine")
+    detections = runner.infer(images)
+    assert np.isfinite(detections).all()
+    reference = onnx_detections(onnx_path, images)
+    scores = agreement([decode(r) for r in reference], [decode(d) for d in detections])
+    assert scores["reference_boxes"] > 0 and scores["recall"] > 0.8 and scores["precision"] > 0.8, scores

@@ -1,0 +1,209 @@
+"""A ConvChain on Hopper's FP8 tensor cores: an implicit-GEMM convolution written in Triton.
+
+cuDNN's FP8 convolutions need their input already in FP8, which costs a pass over each
+activation per chain, and on YOLO's shapes they gain little over its FP16 kernels
+(docs/engines.md). This kernel reads the chain's FP16 input (channels-last) and quantizes each
+tile in registers with the activation scale calibration measured, multiplies it with the
+per-output-channel FP8 weights on the tensor cores with FP32 accumulation, and applies the
+epilogue in FP32: dequantization, bias, activation and the residual addition, writing FP16. So
+the graph around the chains (routes, upsampling, heads) stays in FP16 and only the
+multiplications run in 8 bits.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from yoloforge.backends.torch_graph import ConvChain
+
+# E4M3's largest finite value: a scale maps the calibrated range onto it.
+FP8_MAX = 448.0
+# Tile shapes timed per chain: (block_m pixels, block_n outputs, block_k channels, warps, stages).
+CONFIGS = (
+    (128, 128, 64, 4, 4),
+    (128, 128, 128, 8, 3),
+    (128, 256, 64, 8, 3),
+    (128, 256, 128, 8, 3),
+    (64, 128, 64, 4, 4),
+    (128, 64, 64, 4, 4),
+    (64, 64, 64, 4, 4),
+    (128, 128, 32, 4, 4),
+    (64, 64, 32, 4, 4),
+)
+# The activations the epilogue computes, by ConvChain.activation.
+ACTIVATIONS = {None: 0, "relu": 1, "sigmoid": 2, "swish": 3, "mish": 4, "tanh": 5}
+
+
+def unsupported(chain: ConvChain, channels: int, outputs: int) -> str | None:
+    """Why this kernel cannot run `chain` on `channels` inputs, or None."""
+    if chain.dilation != (1, 1):
+        return "dilated"
+    if chain.activation not in ACTIVATIONS:
+        return f"activation {chain.activation}"
+    if channels % 32:
+        return f"{channels} input channels (FP8 tiles take multiples of 32)"
+    if outputs % 8:
+        return f"{outputs} output channels"
+    return None
+
+
+def configs_for(channels: int, outputs: int) -> list[tuple[int, int, int, int, int]]:
+    """The tile shapes that fit these channel counts."""
+    return [config for config in CONFIGS if channels % config[2] == 0 and config[1] <= max(64, outputs)]
+
+
+def quantize_weights(kernel) -> tuple[Any, Any]:
+    """A [K, C, kh, kw] kernel -> (FP8 E4M3 weights laid out [K][kh][kw][C], FP32 scale per K)."""
+    import torch
+
+    weights = kernel.float()
+    scale = weights.abs().amax(dim=(1, 2, 3)).clamp_min(1e-12) / FP8_MAX
+    quantized = (weights / scale[:, None, None, None]).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+    return quantized.permute(0, 2, 3, 1).contiguous(), scale
+
+
+def activation_scale(amax: float) -> float:
+    """The per-tensor activation scale for a calibrated range: amax maps onto FP8_MAX."""
+    return max(float(amax), 1e-12) / FP8_MAX
+
+
+def run_chain(chain: ConvChain, config, x, weights, dequant, input_scale: float, bias, residual, y) -> None:
+    """y (channels-last FP16) = the chain of x (channels-last FP16) with FP8 `weights` from
+    quantize_weights; dequant[k] = activation scale * weight scale of output k."""
+    import triton
+
+    batch, channels, height, width = x.shape
+    _, outputs, out_h, out_w = y.shape
+    block_m, block_n, block_k, warps, stages = config
+    pixels = batch * out_h * out_w
+    grid = (triton.cdiv(pixels, block_m) * triton.cdiv(outputs, block_n),)
+    _kernel()[grid](
+        x,
+        weights,
+        dequant,
+        bias,
+        residual if residual is not None else y,
+        y,
+        1.0 / input_scale,
+        pixels,
+        height,
+        width,
+        channels,
+        out_h,
+        out_w,
+        outputs,
+        stride_h=chain.stride[0],
+        stride_w=chain.stride[1],
+        pad_top=chain.pre_padding[0],
+        pad_left=chain.pre_padding[1],
+        kernel_h=weights.shape[1],
+        kernel_w=weights.shape[2],
+        activation=ACTIVATIONS[chain.activation],
+        negative_slope=float(chain.negative_slope),
+        has_residual=residual is not None,
+        block_m=block_m,
+        block_n=block_n,
+        block_k=block_k,
+        group_m=8,
+        num_warps=warps,
+        num_stages=stages,
+    )
+
+
+@functools.cache
+def _kernel():
+    import triton
+    import triton.language as tl
+
+    @triton.jit
+    def chain_kernel(
+        x,
+        weights,
+        dequant,
+        bias,
+        residual,
+        y,
+        input_scale,
+        pixels,
+        height,
+        width,
+        channels,
+        out_h,
+        out_w,
+        outputs,
+        stride_h: tl.constexpr,
+        stride_w: tl.constexpr,
+        pad_top: tl.constexpr,
+        pad_left: tl.constexpr,
+        kernel_h: tl.constexpr,
+        kernel_w: tl.constexpr,
+        activation: tl.constexpr,
+        negative_slope: tl.constexpr,
+        has_residual: tl.constexpr,
+        block_m: tl.constexpr,
+        block_n: tl.constexpr,
+        block_k: tl.constexpr,
+        group_m: tl.constexpr,
+    ):
+        # Tiles in groups of group_m rows, so that neighbouring programs share weights in L2.
+        program = tl.program_id(0)
+        tiles_m = tl.cdiv(pixels, block_m)
+        tiles_n = tl.cdiv(outputs, block_n)
+        per_group = group_m * tiles_n
+        first_m = (program // per_group) * group_m
+        rows_in_group = tl.minimum(tiles_m - first_m, group_m)
+        tile_m = first_m + (program % per_group) % rows_in_group
+        tile_n = (program % per_group) // rows_in_group
+
+        rows = tile_m * block_m + tl.arange(0, block_m)
+        cols = tile_n * block_n + tl.arange(0, block_n)
+        lanes = tl.arange(0, block_k)
+        plane = out_h * out_w
+        image = rows // plane
+        top = ((rows % plane) // out_w) * stride_h - pad_top
+        left = (rows % out_w) * stride_w - pad_left
+        row_ok = rows < pixels
+        col_ok = cols < outputs
+        reduction = kernel_h * kernel_w * channels
+
+        accumulator = tl.zeros((block_m, block_n), dtype=tl.float32)
+        for k in range(0, reduction, block_k):
+            k = tl.multiple_of(k, block_k)
+            tap = k // channels
+            channel = tl.multiple_of(k - tap * channels, block_k)
+            ih = top + tap // kernel_w
+            iw = left + tap % kernel_w
+            inside = row_ok & (ih >= 0) & (ih < height) & (iw >= 0) & (iw < width)
+            pixel = tl.multiple_of(((image * height + ih) * width + iw) * channels + channel, 16)
+            a = tl.load(x + pixel[:, None] + lanes[None, :], mask=inside[:, None], other=0.0)
+            a = a.to(tl.float32) * input_scale
+            a = tl.minimum(tl.maximum(a, -448.0), 448.0).to(tl.float8e4nv)
+            b = tl.load(
+                weights + cols[None, :] * reduction + (k + lanes)[:, None], mask=col_ok[None, :], other=0.0
+            )
+            accumulator = tl.dot(a, b, accumulator)
+
+        scale = tl.load(dequant + cols, mask=col_ok, other=0.0)
+        shift = tl.load(bias + cols, mask=col_ok, other=0.0).to(tl.float32)
+        v = accumulator * scale[None, :] + shift[None, :]
+        if activation == 1:
+            v = tl.where(v > 0, v, v * negative_slope)
+        elif activation == 2:
+            v = tl.sigmoid(v)
+        elif activation == 3:
+            v = v * tl.sigmoid(v)
+        elif activation == 4:
+            # tanh(softplus(v)) = n / (n + 2) with n = e^v (e^v + 2), exactly; 1 once e^v overflows.
+            e = tl.exp(tl.minimum(v, 20.0))
+            n = e * (e + 2.0)
+            v = tl.where(v > 20.0, v, v * n / (n + 2.0))
+        elif activation == 5:
+            v = 2.0 * tl.sigmoid(2.0 * v) - 1.0
+        out = rows[:, None] * outputs + cols[None, :]
+        ok = row_ok[:, None] & col_ok[None, :]
+        if has_residual:
+            v += tl.load(residual + out, mask=ok, other=0.0).to(tl.float32)
+        tl.store(y + out, v.to(y.dtype.element_ty), mask=ok)
+
+    return chain_kernel
