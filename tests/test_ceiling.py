@@ -20,6 +20,19 @@ def test_measure_ceilings_on_the_cpu():
     assert ceilings["fp32"]["tflops"] > 0 and ceilings["fp32"]["ms"] > 0
     assert "3x3" in ceilings["fp32"]["shape"]
     assert len(ceilings["fp32"]["stretch_ms"]) == 3 and isinstance(ceilings["fp32"]["agree"], bool)
+    for ceiling in ceilings.values():
+        assert ceiling["route"] in ceiling["routes"]
+        assert ceiling["routes"][ceiling["route"]] == round(ceiling["tflops"], 1)
+
+
+def test_the_ceiling_is_the_fastest_route():
+    torch = pytest.importorskip("torch")
+    from yoloforge.ceiling import CPU_SHAPE, _fastest
+
+    routes = {"slow": lambda: time.sleep(0.004), "fast": lambda: time.sleep(0.001)}
+    ceiling = _fastest(torch, "cpu", routes, CPU_SHAPE)
+    assert ceiling["route"] == "fast"
+    assert ceiling["routes"]["fast"] > 2 * ceiling["routes"]["slow"] > 0
 
 
 def test_device_stores_the_ceilings_beside_the_engine_probes(tmp_path):

@@ -47,9 +47,8 @@ def describe(report: dict[str, Any]) -> str:
     if measured:
         device = (ceilings.get("device") or {}).get("name", "this device")
         lines += ["", f"convolution ceilings of {device}"]
-        lines += [
-            f"{precision}: {ceiling['tflops']:.2f} TFLOP/s"
-            for precision, ceiling in measured.items()
-            if isinstance(ceiling, dict) and "tflops" in ceiling
-        ]
+        for precision, ceiling in measured.items():
+            if isinstance(ceiling, dict) and "tflops" in ceiling:
+                route = f" ({ceiling['route']})" if "route" in ceiling else ""
+                lines.append(f"{precision}: {ceiling['tflops']:.2f} TFLOP/s{route}")
     return "\n".join(lines) + "\n"
