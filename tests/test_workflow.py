@@ -74,6 +74,10 @@ def test_tiny_config_runs_end_to_end_and_reruns_nothing(workdir):
     )
     # The markdown table holds the timed rows; the unavailable ones (tensorrt) are listed in the summary.
     assert (results / "benchmark.md").read_text().count("\n") == table["median_ms"].notna().sum() + 2
+    # The tail beside the median, wherever latencies are shown.
+    assert "| p50 ms | p99 ms |" in (results / "benchmark.md").read_text().splitlines()[0]
+    timed_rows = table[table["median_ms"].notna()]
+    assert (timed_rows["p99_ms"] >= timed_rows["median_ms"]).all()
     assert "<svg" in (results / "report.html").read_text()
     summary = (results / "summary.md").read_text()
     assert summary.startswith("# Which engine to deploy") and "| tensorrt fp16 |" in summary

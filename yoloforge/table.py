@@ -295,6 +295,7 @@ SUMMARY = {
     "batch": "batch",
     "scope": "scope",
     "median_ms": "p50 ms",
+    "p99_ms": "p99 ms",
     "spread": "p10-p90 ms",
     "rerun": "rerun p50 95% ms",
     "ms_per_image": "ms/img",
@@ -329,6 +330,7 @@ def summary_table(table: pd.DataFrame) -> pd.DataFrame:
     cells["size"] = [f"{w}x{h}" for w, h in zip(table["width"], table["height"], strict=True)]
     for column in (
         "median_ms",
+        "p99_ms",
         "ms_per_image",
         "images_per_second",
         "pipelined_images_per_second",
