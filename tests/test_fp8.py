@@ -3,6 +3,7 @@ the FP8 kernel and the engine where a GPU with FP8 tensor cores and Triton are p
 machines have none, so those tests skip there)."""
 
 import json
+import logging
 import zipfile
 
 import numpy as np
@@ -11,14 +12,23 @@ from PIL import Image
 
 from tests.conftest import MODELS, real_photo_batch
 from tests.reference import onnx_detections
-from yoloforge.backends import BuildRequest, get_backend
+from yoloforge.accuracy import detect
+from yoloforge.backends import BuildRequest, Runner, get_backend
 from yoloforge.backends.base import calibration_batches
-from yoloforge.backends.calibration import cache_path, cached_activation_ranges
-from yoloforge.backends.fp8_chain import FP8_MAX, configs_for, quantize_weights, unsupported
-from yoloforge.backends.torch_graph import ConvChain, chain_in_torch
+from yoloforge.backends.calibration import activation_ranges, cache_path, cached_activation_ranges
+from yoloforge.backends.fp8_chain import (
+    FP8_MAX,
+    configs_for,
+    emulated_chain,
+    emulated_fuser,
+    quantize_weights,
+    unsupported,
+)
+from yoloforge.backends.torch_graph import ConvChain, chain_in_torch, onnx_module
 from yoloforge.darknet.convert import convert
-from yoloforge.detections import agreement, decode
-from yoloforge.images import generated_scene, photo_mosaic
+from yoloforge.datasets import write_substitute_set
+from yoloforge.detections import agreement, decode, mean_average_precision
+from yoloforge.images import generated_scene, image_paths, photo_mosaic
 
 torch = pytest.importorskip("torch")
 
@@ -118,6 +128,48 @@ def test_calibration_cache_is_reused_and_measured_again_when_its_inputs_change(t
     assert record["calibration"] == "measured on 3 images"
 
 
+class _ModuleRunner(Runner):
+    def __init__(self, module) -> None:
+        self.module = module
+
+    def infer(self, images: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            return self.module(torch.from_numpy(images)).numpy()
+
+
+def fp8_agreement(weights, folder, size: int, images: int) -> tuple[float, int]:
+    """(agreement mAP@0.5 of yolov3-tiny with every chain the fp8 engine may put in FP8 emulated,
+    against the same model in FP32, reference boxes), as the workflow scores engines: the workflow's
+    substitute evaluation images, its calibration scenes for the activation ranges."""
+    onnx_path = folder / f"yolov3-tiny-{size}.onnx"
+    convert(MODELS / "yolov3-tiny.cfg", weights, onnx_path, (size, size))
+    for name, calibration in (("calibration", True), ("evaluation", False)):
+        (folder / name).mkdir()
+        write_substitute_set(folder / name, 32 if calibration else images, calibration)
+    request = BuildRequest(
+        onnx=onnx_path,
+        precision="fp8",
+        batch=1,
+        output=folder / "unused.engine",
+        calibration=image_paths(folder / "calibration"),
+    )
+    fuse = emulated_fuser(activation_ranges(request, "cpu"))
+    paths = image_paths(folder / "evaluation")
+    exact = detect(_ModuleRunner(onnx_module(onnx_path)), paths, size, size, 4)
+    emulated = detect(_ModuleRunner(onnx_module(onnx_path, fuse=fuse)), paths, size, size, 4)
+    truth = exact.deployed()
+    return mean_average_precision(truth, emulated.for_agreement), sum(len(boxes) for boxes in truth)
+
+
+@pytest.mark.slow
+def test_fp8_keeps_yolov3_tiny_detections(tiny_weights, tmp_path):
+    """FP8's worst case in the fp8 engine (every eligible chain in FP8), emulated on the CPU with
+    the kernel's arithmetic, on the official weights."""
+    score, reference_boxes = fp8_agreement(tiny_weights, tmp_path, 416, 24)
+    logging.getLogger(__name__).info("emulated fp8: agreement %.4f on %d boxes", score, reference_boxes)
+    assert reference_boxes >= 50 and score >= 0.95, (score, reference_boxes)
+
+
 fp8_reason = get_backend("cudnn-fused").unavailable_reason("fp8")
 needs_fp8 = pytest.mark.skipif(fp8_reason is not None, reason=f"no FP8 engine here: {fp8_reason}")
 
@@ -154,6 +206,7 @@ def test_the_fp8_kernel_computes_the_chain(chain, batch, channels, outputs, size
         expected = expected + residual
     quantized, weight_scale = quantize_weights(kernel)
     scale = activation_scale(float(x.abs().max()))
+    emulated = emulated_chain(chain, scale)(x, kernel, bias, residual).float()
     for config in configs_for(channels, outputs):
         y = torch.full_like(expected, float("nan")).contiguous(memory_format=torch.channels_last)
         run_chain(chain, config, x, quantized, (weight_scale * scale).float(), scale, bias, residual, y)
@@ -161,6 +214,9 @@ def test_the_fp8_kernel_computes_the_chain(chain, batch, channels, outputs, size
             (y.float() - expected.float()).pow(2).mean().sqrt() / expected.float().pow(2).mean().sqrt()
         )
         assert torch.isfinite(y).all() and error < FP8_TOLERANCE, (config, error)
+        # Against the same arithmetic: only FP16 output rounding and summation order differ.
+        difference = (y.float() - emulated).pow(2).mean().sqrt() / emulated.pow(2).mean().sqrt()
+        assert float(difference) < 5e-3, (config, float(difference))
 
 
 @needs_fp8

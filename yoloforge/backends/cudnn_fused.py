@@ -268,13 +268,11 @@ class CudnnChains:
         fastest kept if it beats `fp16_ms` and its output passes the check."""
         import torch
 
-        from yoloforge.backends.fp8_chain import configs_for, unsupported
+        from yoloforge.backends.fp8_chain import configs_for, why_not_fp8
 
         x, kernel = arguments[1], arguments[2]
         channels, outputs = x.shape[1], kernel.shape[0]
-        # Darknet's linear convolutions are the ones feeding the detection heads: their raw box
-        # and score logits stay in FP16.
-        why = "feeds a detection head" if chain.activation is None else unsupported(chain, channels, outputs)
+        why = why_not_fp8(chain, channels, outputs)
         if why:
             return None, {"used": False, "why": why}
         reference = unfused(*arguments).float()

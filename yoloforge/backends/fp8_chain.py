@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from yoloforge.backends.torch_graph import ConvChain
+from yoloforge.backends.torch_graph import ConvChain, chain_in_torch
 
 # E4M3's largest finite value: a scale maps the calibrated range onto it.
 FP8_MAX = 448.0
@@ -48,6 +48,15 @@ def unsupported(chain: ConvChain, channels: int, outputs: int) -> str | None:
     return None
 
 
+def why_not_fp8(chain: ConvChain, channels: int, outputs: int) -> str | None:
+    """Why the fp8 engine keeps `chain` in FP16 whatever its timing, or None."""
+    # Darknet's linear convolutions are the ones feeding the detection heads: their raw box and
+    # score logits stay in FP16.
+    if chain.activation is None:
+        return "feeds a detection head"
+    return unsupported(chain, channels, outputs)
+
+
 def configs_for(channels: int, outputs: int) -> list[tuple[int, int, int, int, int]]:
     """The tile shapes that fit these channel counts."""
     return [config for config in CONFIGS if channels % config[2] == 0 and config[1] <= max(64, outputs)]
@@ -66,6 +75,48 @@ def quantize_weights(kernel) -> tuple[Any, Any]:
 def activation_scale(amax: float) -> float:
     """The per-tensor activation scale for a calibrated range: amax maps onto FP8_MAX."""
     return max(float(amax), 1e-12) / FP8_MAX
+
+
+def emulated_chain(chain: ConvChain, input_scale: float):
+    """The chain as the FP8 kernel computes it, in PyTorch on any device and in FP32: input and
+    weights rounded through E4M3 with their scales, the rest exact. The kernel's tests compare
+    against it, and it measures what FP8 does to a model's detections where no GPU has FP8."""
+    import torch
+
+    exact = chain_in_torch(chain)
+
+    def run(x, kernel, bias, residual=None):
+        rounded = (x.float() / input_scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn)
+        weights, weight_scale = quantize_weights(kernel)
+        weights = weights.float().permute(0, 3, 1, 2) * weight_scale[:, None, None, None]
+        y = exact(
+            rounded.float() * input_scale,
+            weights,
+            bias.float(),
+            None if residual is None else residual.float(),
+        )
+        return y.to(x.dtype)
+
+    return run
+
+
+def emulated_fuser(ranges: dict[str, float]):
+    """A torch_graph Fuser that runs every chain the fp8 engine may put in FP8 as emulated_chain,
+    with its calibrated range, and the others exactly: FP8's worst case for a model."""
+
+    def fuse(chain: ConvChain):
+        exact = chain_in_torch(chain)
+        emulated = (
+            emulated_chain(chain, activation_scale(ranges[chain.name])) if chain.name in ranges else exact
+        )
+
+        def run(x, kernel, bias, residual=None):
+            eligible = why_not_fp8(chain, x.shape[1], kernel.shape[0]) is None
+            return (emulated if eligible else exact)(x, kernel, bias, residual)
+
+        return run
+
+    return fuse
 
 
 def run_chain(chain: ConvChain, config, x, weights, dequant, input_scale: float, bias, residual, y) -> None:
