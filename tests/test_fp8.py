@@ -226,21 +226,25 @@ def test_fp8_engine_records_its_choices_reuses_its_calibration_and_detects(tiny_
     calibration = _images(tmp_path / "calibration", range(8), mosaic=True)
     backend = get_backend("cudnn-fused")
     built = {}
-    for batch in (2, 3):
-        output = tmp_path / "engines" / f"tiny-320-fp8-b{batch}.engine"
+    for precision, batch in (("fp16", 3), ("fp8", 3), ("fp8", 2)):
+        output = tmp_path / "engines" / f"tiny-320-{precision}-b{batch}.engine"
         output.parent.mkdir(exist_ok=True)
-        built[batch] = backend.build(
-            BuildRequest(onnx=onnx_path, precision="fp8", batch=batch, output=output, calibration=calibration)
-        )["build_flags"]
-    assert built[2]["calibration"] == "measured on 8 images"
-    assert built[3]["calibration"] == "cache reused"
+        request = BuildRequest(onnx_path, precision, batch, output, calibration=calibration)
+        built[precision, batch] = backend.build(request)["build_flags"]
+    # The fp8 build reuses the fp16 build's timings of the same shapes (the timing cache), and the
+    # calibration of the first fp8 build.
+    assert built["fp16", 3]["chains_timed_from_cache"] == 0
+    assert built["fp8", 3]["chains_timed_from_cache"] == built["fp8", 3]["distinct_chains"] > 0
+    assert built["fp8", 2]["chains_timed_from_cache"] == 0
+    assert built["fp8", 3]["calibration"] == "measured on 8 images"
+    assert built["fp8", 2]["calibration"] == "cache reused"
     with zipfile.ZipFile(tmp_path / "engines" / "tiny-320-fp8-b3.engine") as archive:
         plans = json.loads(archive.read("plans.json"))
     # Every chain says what became of FP8: used, or why not.
     assert all(
         "used" in plan["fp8"] and (plan["fp8"]["used"] or plan["fp8"]["why"]) for plan in plans.values()
     )
-    assert built[3]["chains_in_fp8"] == sum(plan["plan"] == "fp8" for plan in plans.values())
+    assert built["fp8", 3]["chains_in_fp8"] == sum(plan["plan"] == "fp8" for plan in plans.values())
     assert any(plan["fp8"].get("why") == "feeds a detection head" for plan in plans.values())
 
     images = real_photo_batch(320, 320)

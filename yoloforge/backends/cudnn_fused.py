@@ -40,6 +40,7 @@ from yoloforge.backends.calibration import cached_activation_ranges
 from yoloforge.backends.torch_backend import _configure, _module_for, _TorchBackend, _TorchRunner
 from yoloforge.backends.torch_graph import ConvChain, chain_in_torch
 from yoloforge.errors import YoloforgeError
+from yoloforge.files import write_json
 
 # Every plan of cuDNN's heuristics (and every tile shape of the FP8 kernel) is run once; the
 # SCREENED fastest of those are then timed by replay. Slow plans at a large batch take
@@ -54,6 +55,10 @@ FP8_TOLERANCE = 0.06
 # less than a launch from Python, so only a replay times the kernel rather than the host.
 TIMED_RUNS = 20
 ENGINE_MEMBERS = ("model.onnx", "plans.json", "calibration.json")
+# In the engine folder, which is per device fingerprint: each distinct chain's FP16/BF16 timing,
+# which later builds there reuse (another precision's, a rebuilt engine's), as TensorRT's timing
+# cache. Delete it to time every chain again.
+TIMING_CACHE = "cudnn-timing.json"
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +70,16 @@ class CudnnChains:
 
     With `plans` None every distinct chain is timed (build) and `plans` records the winners;
     otherwise each chain runs the plan recorded for it. `ranges` (fp8 engines) is each chain's
-    calibrated input range, by chain name."""
+    calibrated input range, by chain name. `timings` (build) is the timing cache: the FP16 or
+    BF16 choice of earlier builds on this device by signature, reused where cuDNN still lists the
+    plan; the build adds its own timings to it."""
 
     def __init__(
-        self, dtype, plans: dict[str, dict[str, Any]] | None = None, ranges: dict[str, float] | None = None
+        self,
+        dtype,
+        plans: dict[str, dict[str, Any]] | None = None,
+        ranges: dict[str, float] | None = None,
+        timings: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         import cudnn
         import torch
@@ -80,6 +91,8 @@ class CudnnChains:
         self.handle = cudnn.create_handle()
         self.workspace = torch.empty(0, dtype=torch.uint8, device="cuda")
         self.ranges = ranges
+        self.timings: dict[str, dict[str, Any]] = {} if timings is None else timings
+        self.reused_timings = 0
         self._runs: dict[str, Any] = {}
         self._fp8_operands: dict[str, tuple[Any, Any, float]] = {}
 
@@ -100,11 +113,14 @@ class CudnnChains:
         """The function that runs chains of this signature from now on, (chain, x, kernel, bias,
         residual) -> output: a cuDNN plan, the FP8 kernel or the torch operations."""
         if self.tuning:
-            self.plans[key], run = self._tune(chain, unfused, x, kernel, bias, residual)
+            self.plans[key], run = self._tune(key, chain, unfused, x, kernel, bias, residual)
             return run
         if key not in self.plans:
             raise YoloforgeError(f"the engine has no plan for {chain.name} ({key}); rebuild it")
-        plan = self.plans[key]
+        return self._recorded(chain, unfused, x, kernel, residual, self.plans[key])
+
+    def _recorded(self, chain: ConvChain, unfused, x, kernel, residual, plan: dict[str, Any]):
+        """The function that runs `plan`, the record of an earlier timing."""
         if plan["plan"] == "torch":
             return _ignoring_chain(unfused)
         if plan["plan"] == "fp8":
@@ -214,11 +230,36 @@ class CudnnChains:
             self._fp8_operands[chain.name] = (weights, (weight_scale * scale).float(), scale)
         return self._fp8_operands[chain.name]
 
-    def _tune(self, chain: ConvChain, unfused, x, kernel, bias, residual):
-        """Time the torch operations, every cuDNN plan and (fp8 engines) the FP8 kernel: the
-        fastest as a plan record, and the function that runs it."""
+    def _tune(self, key: str, chain: ConvChain, unfused, x, kernel, bias, residual):
+        """The chain's FP16/BF16 choice, from the timing cache or timed now, then (fp8 engines)
+        the FP8 kernel's: the fastest as a plan record, and the function that runs it."""
         arguments = (chain, x, kernel, bias) if residual is None else (chain, x, kernel, bias, residual)
-        unfused = _ignoring_chain(unfused)
+        cached = self.timings.get(key)
+        record = run = None
+        if isinstance(cached, dict):
+            try:
+                run = self._recorded(chain, unfused, x, kernel, residual, cached)
+                record = {**cached, "timing": "reused from the timing cache"}
+                self.reused_timings += 1
+            except Exception as error:  # noqa: BLE001 - a stale entry is timed again, whatever cuDNN raises
+                log.info("%s: timing cache entry not reusable (%s); timing it", chain.name, error)
+        if record is None:
+            record, run = self._time(chain, _ignoring_chain(unfused), arguments)
+            self.timings[key] = dict(record)
+        if self.ranges is not None:
+            fp8, outcome = self._tune_fp8(chain, _ignoring_chain(unfused), arguments, record["ms"])
+            if fp8 is not None:
+                milliseconds, config, run = fp8
+                record = {field: value for field, value in record.items() if field not in ("name", "why")}
+                record.update(plan="fp8", config=list(config), ms=round(milliseconds, 5))
+            record["fp8"] = outcome
+        log.info("%s: %s", chain.name, record)
+        return record, run
+
+    def _time(self, chain: ConvChain, unfused, arguments):
+        """Time the torch operations and every cuDNN plan (each run once, the fastest SCREENED
+        timed by replay): the fastest as a plan record, and the function that runs it."""
+        x, kernel, residual = arguments[1], arguments[2], (arguments[4] if len(arguments) > 4 else None)
         torch_ms = _replay_ms(lambda: unfused(*arguments))
         best: tuple[float, dict[str, Any], Any] = (torch_ms, {"plan": "torch"}, unfused)
         candidates, failures, screened = 1, {}, []
@@ -240,32 +281,17 @@ class CudnnChains:
             milliseconds = _replay_ms(lambda execute=execute: execute(*arguments))
             if milliseconds < best[0]:
                 best = (milliseconds, {"plan": index, "name": graph.get_plan_name_at_index(index)}, execute)
-        fp8 = self._tune_fp8(chain, unfused, arguments, best[0]) if self.ranges is not None else None
-        if fp8 is not None and fp8[0] is not None:
-            best = fp8[0]
         milliseconds, record, run = best
         record.update(ms=round(milliseconds, 5), torch_ms=round(torch_ms, 5), candidates=candidates)
         record["cudnn_plans"] = {"listed": count, "replay_timed": min(len(screened), SCREENED)}
-        if fp8 is not None:
-            record["fp8"] = fp8[1]
         if failures:
             record["failed_plans"] = failures
-        log.info(
-            "%s: %s, %.4f ms (as torch operations %.4f ms; %d of %d plans timed, %d failed)%s",
-            chain.name,
-            record.get("name", f"{record['plan']} {record.get('config', '')}".strip()),
-            milliseconds,
-            torch_ms,
-            candidates - 1,
-            count,
-            len(failures),
-            f"; fp8: {record['fp8']}" if fp8 is not None else "",
-        )
         return record, run
 
     def _tune_fp8(self, chain: ConvChain, unfused, arguments, fp16_ms: float):
-        """(best or None, what happened): the FP8 kernel's tile shapes timed on this chain, the
-        fastest kept if it beats `fp16_ms` and its output passes the check."""
+        """((ms, tile shape, function) or None, what happened): the FP8 kernel's tile shapes
+        timed on this chain, the fastest kept if it beats `fp16_ms` and its output passes the
+        check."""
         import torch
 
         from yoloforge.backends.fp8_chain import configs_for, why_not_fp8
@@ -291,13 +317,26 @@ class CudnnChains:
         if fastest is None:
             return None, {"used": False, "why": "no tile shape fits its channels"}
         milliseconds, config, error = fastest
-        outcome = {"ms": round(milliseconds, 5), "config": list(config), "relative_error": round(error, 4)}
+        outcome = {
+            "ms": round(milliseconds, 5),
+            "fp16_ms": round(fp16_ms, 5),
+            "config": list(config),
+            "relative_error": round(error, 4),
+        }
         if not error <= FP8_TOLERANCE:
             return None, {**outcome, "used": False, "why": f"output error above {FP8_TOLERANCE}"}
         if milliseconds >= fp16_ms:
-            return None, {**outcome, "used": False, "why": f"slower than FP16 ({fp16_ms:.5f} ms)"}
-        record = {"plan": "fp8", "config": list(config)}
-        return (milliseconds, record, self._fp8_executor(config)), {**outcome, "used": True}
+            return None, {**outcome, "used": False, "why": "slower than FP16"}
+        return (milliseconds, config, self._fp8_executor(config)), {**outcome, "used": True}
+
+
+def _read_timings(path: Path) -> dict[str, dict[str, Any]]:
+    """The timing cache at `path`; {} where there is none or it is unreadable (then it is rebuilt)."""
+    try:
+        timings = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return timings if isinstance(timings, dict) else {}
 
 
 def _ignoring_chain(function):
@@ -513,7 +552,9 @@ class CudnnFusedBackend(_TorchBackend):
         if flags.get("fp8"):
             ranges, calibration = cached_activation_ranges(request, "cuda")
             flags.update(calibration)
-        chains = CudnnChains(getattr(torch, flags["dtype"]), ranges=ranges)
+        timing_cache = request.output.parent / TIMING_CACHE
+        timings = _read_timings(timing_cache)
+        chains = CudnnChains(getattr(torch, flags["dtype"]), ranges=ranges, timings=timings)
         module = _module_for(request.onnx, flags, fuse=chains.fuse)
         # Tuned on a calibration batch: the FP8 output check needs real activations, and the
         # tensor cores' power draw (so their clocks) depends on the data.
@@ -533,11 +574,14 @@ class CudnnFusedBackend(_TorchBackend):
             if ranges is not None:
                 archive.writestr(ENGINE_MEMBERS[2], json.dumps(ranges, indent=1, sort_keys=True))
         request.output.write_bytes(buffer.getvalue())
+        write_json(timing_cache, chains.timings)
         fused = [plan for plan in plans.values() if isinstance(plan["plan"], int)]
         in_fp8 = [plan for plan in plans.values() if plan["plan"] == "fp8"]
         return {
             **flags,
             "distinct_chains": len(plans),
+            "timing_cache": str(timing_cache),
+            "chains_timed_from_cache": chains.reused_timings,
             "chains_fused_by_cudnn": len(fused),
             **({"chains_in_fp8": len(in_fp8)} if ranges is not None else {}),
             "chain_ms_fused": round(sum(plan["ms"] for plan in fused + in_fp8), 4),
