@@ -4,6 +4,9 @@ machines have none, so those tests skip there)."""
 
 import json
 import logging
+import os
+import subprocess
+import sys
 import zipfile
 
 import numpy as np
@@ -126,6 +129,74 @@ def test_calibration_cache_is_reused_and_measured_again_when_its_inputs_change(t
     cache_path(request).write_text("{not json")
     _, record = cached_activation_ranges(request, "cpu")
     assert record["calibration"] == "measured on 3 images"
+
+
+# Runs in a process of its own: Triton picks the interpreter when a kernel is first made, and the
+# engine's kernel must stay compiled for a GPU where one is present.
+INTERPRETED_KERNEL = """
+import json, sys
+import torch
+from yoloforge.backends.fp8_chain import activation_scale, configs_for, quantize_weights, run_chain
+from yoloforge.backends.torch_graph import ConvChain, chain_in_torch
+
+generator = torch.Generator().manual_seed(0)
+
+def exactly_fp8(*shape):
+    values = (torch.randn(*shape, generator=generator) * 60).to(torch.float8_e4m3fn).float()
+    values.view(shape[0], -1)[:, 0] = 448.0  # every scale a power of two, so FP8 loses nothing
+    return values
+
+errors = []
+for case in json.loads(sys.argv[1]):
+    kernel_size, stride, activation, slope, residual, batch, channels, outputs, size = case
+    pad = kernel_size // 2
+    chain = ConvChain("c", (stride, stride), (pad, pad), (pad, pad), (1, 1), activation, slope, residual)
+    x = (exactly_fp8(batch, channels, size, size) * 2**-9).half()
+    x = x.contiguous(memory_format=torch.channels_last)
+    kernel = (exactly_fp8(outputs, channels, kernel_size, kernel_size) * 2**-7).half()
+    kernel = kernel.contiguous(memory_format=torch.channels_last)
+    bias = (torch.randn(outputs, generator=generator) * 0.1).half()
+    expected = chain_in_torch(chain)(x.float(), kernel.float(), bias.float())
+    extra = None
+    if residual:
+        extra = torch.randn(expected.shape, generator=generator).half()
+        extra = extra.contiguous(memory_format=torch.channels_last)
+        expected = expected + extra.float()
+    scale = activation_scale(float(x.abs().max()))
+    weights, weight_scale = quantize_weights(kernel)
+    for config in configs_for(channels, outputs):
+        y = torch.full(expected.shape, float("nan"), dtype=torch.float16)
+        y = y.contiguous(memory_format=torch.channels_last)
+        run_chain(chain, config, x, weights, (weight_scale * scale).float(), scale, bias, extra, y)
+        errors.append(float((y.float() - expected).abs().max() / expected.abs().max()))
+print(json.dumps(errors))
+"""
+
+
+def test_the_fp8_kernel_in_tritons_interpreter():
+    """Addressing, padding, strides, masks and the epilogue of the FP8 kernel, run by Triton's CPU
+    interpreter on every tile shape, with data FP8 represents exactly: it must equal the chain."""
+    pytest.importorskip("triton")
+    cases = [
+        (3, 1, "relu", 0.1, True, 3, 64, 72, 9),  # outputs and pixels no multiple of a tile
+        (3, 2, "relu", 0.0, False, 2, 32, 64, 11),  # stride 2 on an odd size: padding on one side
+        (1, 1, "mish", 0.0, False, 1, 128, 40, 5),
+        (3, 1, "swish", 0.0, True, 1, 64, 64, 6),
+        (1, 1, "sigmoid", 0.0, False, 2, 96, 16, 4),
+        (3, 1, "tanh", 0.0, False, 1, 32, 8, 3),
+    ]
+    result = subprocess.run(
+        [sys.executable, "-c", INTERPRETED_KERNEL, json.dumps(cases)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TRITON_INTERPRET": "1"},
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    errors = json.loads(result.stdout.splitlines()[-1])
+    assert len(errors) == sum(len(configs_for(case[6], case[7])) for case in cases)
+    # Only the FP16 rounding of the output remains.
+    assert max(errors) < 2e-3, errors
 
 
 class _ModuleRunner(Runner):

@@ -144,6 +144,7 @@ def run_chain(chain: ConvChain, config, x, weights, dequant, input_scale: float,
         out_h,
         out_w,
         outputs,
+        reduction=weights.shape[1] * weights.shape[2] * channels,
         stride_h=chain.stride[0],
         stride_w=chain.stride[1],
         pad_top=chain.pre_padding[0],
@@ -183,6 +184,9 @@ def _kernel():
         out_h,
         out_w,
         outputs,
+        # The trip count as a constant: Triton's CPU interpreter, which the tests run the kernel
+        # on, takes no loop bound that is a runtime value.
+        reduction: tl.constexpr,
         stride_h: tl.constexpr,
         stride_w: tl.constexpr,
         pad_top: tl.constexpr,
@@ -216,7 +220,6 @@ def _kernel():
         left = (rows % out_w) * stride_w - pad_left
         row_ok = rows < pixels
         col_ok = cols < outputs
-        reduction = kernel_h * kernel_w * channels
 
         accumulator = tl.zeros((block_m, block_n), dtype=tl.float32)
         for k in range(0, reduction, block_k):
