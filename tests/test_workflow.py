@@ -314,3 +314,20 @@ def test_strict_offline_stops_before_any_engine(offline_run, tmp_path):
     logs = "".join(path.read_text() for path in (tmp_path / "logs").rglob("*.log"))
     messages = result.stdout + result.stderr + logs
     assert "strict mode allows no" in messages or "strict: tensorrt" in messages
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        *[[path.name] for path in sorted((ROOT / "workflow" / "configs").glob("*.yaml"))],
+        ["gpu.yaml", "zoo.yaml", "offline.yaml"],  # the GPU run's merge
+    ],
+)
+def test_each_shipped_config_plans(tmp_path, extra):
+    """Every config under workflow/configs, merged over config.yaml as its header says, passes
+    the schema and the checks and plans a run."""
+    shutil.copy(ROOT / "config.yaml", tmp_path / "config.yaml")
+    files = [str(tmp_path / "config.yaml"), *(str(ROOT / "workflow" / "configs" / name) for name in extra)]
+    result = snakemake(tmp_path, "-n", "--configfile", *files)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "results/device/local.json" in result.stdout + result.stderr
