@@ -143,7 +143,7 @@ def _fp8_route(torch, images, weight) -> dict[str, Callable[[], Any]]:
     if torch.cuda.get_device_capability() < (8, 9):
         return {}
     try:
-        from yoloforge.backends.cudnn_fused import _replay_ms
+        from yoloforge.backends.cudnn_fused import time_candidates
         from yoloforge.backends.fp8_chain import activation_scale, configs_for, quantize_weights, run_chain
     except ImportError as error:
         log.info("no FP8 route for the ceiling: %s", error)
@@ -158,8 +158,13 @@ def _fp8_route(torch, images, weight) -> dict[str, Callable[[], Any]]:
     def route(config):
         return lambda: run_chain(chain, config, images, quantized, dequant, scale, bias, None, output)
 
-    timed = {config: _replay_ms(route(config)) for config in configs_for(images.shape[1], weight.shape[0])}
-    best = min(timed, key=timed.__getitem__)
+    timed, failures = time_candidates(
+        {config: route(config) for config in configs_for(*weight.shape[:2][::-1])}
+    )
+    if not timed:
+        log.info("no FP8 route for the ceiling: no tile shape ran (%s)", failures)
+        return {}
+    best = timed[0][1]
     return {f"FP8 kernel (Triton), tiles {best}": route(best)}
 
 

@@ -31,6 +31,7 @@ import logging
 import shutil
 import tempfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -234,6 +235,7 @@ class CudnnChains:
         """The chain's FP16/BF16 choice, from the timing cache or timed now, then (fp8 engines)
         the FP8 kernel's: the fastest as a plan record, and the function that runs it."""
         arguments = (chain, x, kernel, bias) if residual is None else (chain, x, kernel, bias, residual)
+        unfused_executor = _ignoring_chain(unfused)
         cached = self.timings.get(key)
         record = run = None
         if isinstance(cached, dict):
@@ -244,10 +246,10 @@ class CudnnChains:
             except Exception as error:  # noqa: BLE001 - a stale entry is timed again, whatever cuDNN raises
                 log.info("%s: timing cache entry not reusable (%s); timing it", chain.name, error)
         if record is None:
-            record, run = self._time(chain, _ignoring_chain(unfused), arguments)
+            record, run = self._time(chain, unfused_executor, arguments, residual)
             self.timings[key] = dict(record)
         if self.ranges is not None:
-            fp8, outcome = self._tune_fp8(chain, _ignoring_chain(unfused), arguments, record["ms"])
+            fp8, outcome = self._tune_fp8(chain, unfused_executor, arguments, record["ms"])
             if fp8 is not None:
                 milliseconds, config, run = fp8
                 record = {field: value for field, value in record.items() if field not in ("name", "why")}
@@ -256,78 +258,97 @@ class CudnnChains:
         log.info("%s: %s", chain.name, record)
         return record, run
 
-    def _time(self, chain: ConvChain, unfused, arguments):
-        """Time the torch operations and every cuDNN plan (each run once, the fastest SCREENED
-        timed by replay): the fastest as a plan record, and the function that runs it."""
-        x, kernel, residual = arguments[1], arguments[2], (arguments[4] if len(arguments) > 4 else None)
+    def _time(self, chain: ConvChain, unfused, arguments, residual):
+        """Time the torch operations and every cuDNN plan (time_candidates): the fastest as a
+        plan record, and the function that runs it."""
+        x, kernel = arguments[1], arguments[2]
         torch_ms = _replay_ms(lambda: unfused(*arguments))
         best: tuple[float, dict[str, Any], Any] = (torch_ms, {"plan": "torch"}, unfused)
-        candidates, failures, screened = 1, {}, []
+        executes, failures = {}, {}
         try:
             graph, tensors = self._graph(chain, x, kernel, residual)
             count = graph.get_execution_plan_count()
         except Exception as error:  # noqa: BLE001 - cuDNN raises several types for "not supported"
             count = 0
-            best[1]["why"] = f"no cuDNN plan: {(str(error) or type(error).__name__).splitlines()[0]}"
+            best[1]["why"] = f"no cuDNN plan: {_first_line(error)}"
         for index in range(count):
             try:
                 graph.build_plan_at_index(index)
-                execute = self._executor(graph, tensors, index, chain)
-                screened.append((_single_run_ms(lambda execute=execute: execute(*arguments)), index, execute))
-            except Exception as error:  # noqa: BLE001 - a plan that does not build or run is no candidate
-                failures[index] = (str(error) or type(error).__name__).splitlines()[0]
-        for _, index, execute in sorted(screened, key=lambda entry: entry[0])[:SCREENED]:
-            candidates += 1
-            milliseconds = _replay_ms(lambda execute=execute: execute(*arguments))
-            if milliseconds < best[0]:
-                best = (milliseconds, {"plan": index, "name": graph.get_plan_name_at_index(index)}, execute)
+                executes[index] = self._executor(graph, tensors, index, chain)
+            except Exception as error:  # noqa: BLE001 - a plan that does not build is no candidate
+                failures[index] = _first_line(error)
+        timed, failed = time_candidates(
+            {index: functools.partial(execute, *arguments) for index, execute in executes.items()}
+        )
+        failures.update(failed)
+        if timed and timed[0][0] < torch_ms:
+            milliseconds, index = timed[0]
+            best = (
+                milliseconds,
+                {"plan": index, "name": graph.get_plan_name_at_index(index)},
+                executes[index],
+            )
         milliseconds, record, run = best
-        record.update(ms=round(milliseconds, 5), torch_ms=round(torch_ms, 5), candidates=candidates)
-        record["cudnn_plans"] = {"listed": count, "replay_timed": min(len(screened), SCREENED)}
+        record.update(ms=round(milliseconds, 5), torch_ms=round(torch_ms, 5), candidates=1 + len(timed))
+        record["cudnn_plans"] = {"listed": count, "replay_timed": len(timed)}
         if failures:
             record["failed_plans"] = failures
         return record, run
 
     def _tune_fp8(self, chain: ConvChain, unfused, arguments, fp16_ms: float):
         """((ms, tile shape, function) or None, what happened): the FP8 kernel's tile shapes
-        timed on this chain, the fastest kept if it beats `fp16_ms` and its output passes the
-        check."""
-        import torch
-
+        timed on this chain (time_candidates), the fastest kept if it beats `fp16_ms` and its
+        output passes the check."""
         from yoloforge.backends.fp8_chain import configs_for, why_not_fp8
 
         x, kernel = arguments[1], arguments[2]
-        channels, outputs = x.shape[1], kernel.shape[0]
-        why = why_not_fp8(chain, channels, outputs)
+        why = why_not_fp8(chain, x.shape[1], kernel.shape[0])
         if why:
             return None, {"used": False, "why": why}
+        executes = {config: self._fp8_executor(config) for config in configs_for(x.shape[1], kernel.shape[0])}
+        timed, failures = time_candidates(
+            {config: functools.partial(execute, *arguments) for config, execute in executes.items()}
+        )
+        failed = {str(list(config)): reason for config, reason in failures.items()}
+        if not timed:
+            return None, {"used": False, "why": "no tile shape ran", "failed_configs": failed}
+        milliseconds, config = timed[0]
         reference = unfused(*arguments).float()
-        screened = []
-        for config in configs_for(channels, outputs):
-            execute = self._fp8_executor(config)
-            screened.append((_single_run_ms(lambda execute=execute: execute(*arguments)), config, execute))
-        fastest: tuple[float, tuple[int, ...], float] | None = None
-        for _, config, execute in sorted(screened, key=lambda entry: entry[0])[:SCREENED]:
-            error = (execute(*arguments).float() - reference).pow(2).mean().sqrt()
-            error = float(error / reference.pow(2).mean().sqrt().clamp_min(1e-12))
-            milliseconds = _replay_ms(lambda execute=execute: execute(*arguments))
-            if fastest is None or milliseconds < fastest[0]:
-                fastest = (milliseconds, config, error)
-        torch.cuda.synchronize()
-        if fastest is None:
-            return None, {"used": False, "why": "no tile shape fits its channels"}
-        milliseconds, config, error = fastest
+        error = (executes[config](*arguments).float() - reference).pow(2).mean().sqrt()
+        error = float(error / reference.pow(2).mean().sqrt().clamp_min(1e-12))
         outcome = {
             "ms": round(milliseconds, 5),
             "fp16_ms": round(fp16_ms, 5),
             "config": list(config),
             "relative_error": round(error, 4),
         }
+        if failed:
+            outcome["failed_configs"] = failed
         if not error <= FP8_TOLERANCE:
             return None, {**outcome, "used": False, "why": f"output error above {FP8_TOLERANCE}"}
         if milliseconds >= fp16_ms:
             return None, {**outcome, "used": False, "why": "slower than FP16"}
-        return (milliseconds, config, self._fp8_executor(config)), {**outcome, "used": True}
+        return (milliseconds, config, executes[config]), {**outcome, "used": True}
+
+
+def time_candidates(runs: dict[Any, Callable[[], Any]]) -> tuple[list[tuple[float, Any]], dict[Any, str]]:
+    """Each of `runs` (label -> function) run once, a screening; the SCREENED fastest of those
+    then timed by replay. Returns ([(milliseconds, label)] fastest first, {label: why} for the
+    runs that raised)."""
+    screened, failures = [], {}
+    for label, run in runs.items():
+        try:
+            screened.append((_single_run_ms(run), label))
+        except Exception as error:  # noqa: BLE001 - a candidate that does not run is none
+            failures[label] = _first_line(error)
+    shortlist = [label for _, label in sorted(screened, key=lambda entry: entry[0])[:SCREENED]]
+    return sorted(
+        ((_replay_ms(runs[label]), label) for label in shortlist), key=lambda entry: entry[0]
+    ), failures
+
+
+def _first_line(error: Exception) -> str:
+    return (str(error) or type(error).__name__).splitlines()[0]
 
 
 def _read_timings(path: Path) -> dict[str, dict[str, Any]]:
