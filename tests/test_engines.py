@@ -93,6 +93,19 @@ def test_precisions_report_their_agreement(
     assert 0 <= check["recall"] <= 1 and 0 <= check["precision"] <= 1
 
 
+@pytest.mark.parametrize("batch", [4, 8])
+def test_the_output_check_runs_whole_batches_and_compares_the_first_images(
+    batch, tiny_onnx, image_folders, tmp_path
+):
+    check_images, _ = image_folders  # 6 images: a batch of 8 takes some twice
+    request = BuildRequest(
+        onnx=tiny_onnx, precision="fp32", batch=batch, output=tmp_path / "e.engine", check_images=check_images
+    )
+    check = get_backend("onnxruntime").build(request)["check"]
+    assert check["images"] == CHECK_IMAGES
+    assert check["max_abs_error_boxes"] < TOLERANCE and check["max_abs_error_scores"] < TOLERANCE
+
+
 def test_engine_from_another_device_is_refused(tiny_onnx, tiny_weights, tmp_path):
     output = tmp_path / "copied.engine"
     _build("onnxruntime", tiny_onnx, tiny_weights, output)
