@@ -2,6 +2,10 @@
 fused module must equal the plain one), and the engine itself where PyTorch sees a CUDA GPU and
 cuDNN's graph API is installed; CI's machines have no GPU, so those tests skip there."""
 
+import json
+import re
+import zipfile
+
 import numpy as np
 import pytest
 
@@ -168,6 +172,13 @@ def test_engine_agrees_with_the_onnx_reference(tiny_weights, tmp_path, precision
     )
     flags = sidecar["build_flags"]
     assert flags["distinct_chains"] > 0 and flags["chains_fused_by_cudnn"] > 0, flags
+    with zipfile.ZipFile(output) as archive:
+        plans = json.loads(archive.read("plans.json"))
+    # The chains with under 32 input channels (the first's 3 padded to 8, then 16) are narrow: the
+    # Triton kernel was timed on them and only them.
+    narrow = {key for key in plans if int(re.search(r"\[\(\(\d+, (\d+),", key).group(1)) < 32}
+    assert narrow == {key for key, plan in plans.items() if "triton_tile_shapes" in plan}, plans
+    assert len(narrow) == 2
     images = real_photo_batch(320, 320)
     runner = get_backend("cudnn-fused").load(output)
     first = runner.infer(images)

@@ -2,6 +2,7 @@
 the FP8 kernel and the engine where a GPU with FP8 tensor cores and Triton are present (CI's
 machines have none, so those tests skip there)."""
 
+import importlib.util
 import json
 import logging
 import os
@@ -19,15 +20,16 @@ from yoloforge.accuracy import detect
 from yoloforge.backends import BuildRequest, Runner, get_backend
 from yoloforge.backends.base import calibration_batches
 from yoloforge.backends.calibration import activation_ranges, cache_path, cached_activation_ranges
-from yoloforge.backends.fp8_chain import (
+from yoloforge.backends.torch_graph import ConvChain, chain_in_torch, onnx_module
+from yoloforge.backends.triton_chain import (
     FP8_MAX,
     configs_for,
     emulated_chain,
     emulated_fuser,
+    narrow_configs_for,
     quantize_weights,
     unsupported,
 )
-from yoloforge.backends.torch_graph import ConvChain, chain_in_torch, onnx_module
 from yoloforge.darknet.convert import convert
 from yoloforge.datasets import write_substitute_set
 from yoloforge.detections import agreement, decode, mean_average_precision
@@ -136,7 +138,9 @@ def test_calibration_cache_is_reused_and_measured_again_when_its_inputs_change(t
 INTERPRETED_KERNEL = """
 import json, sys
 import torch
-from yoloforge.backends.fp8_chain import activation_scale, configs_for, quantize_weights, run_chain
+from yoloforge.backends.triton_chain import (
+    activation_scale, configs_for, narrow_configs_for, quantize_weights, run_chain
+)
 from yoloforge.backends.torch_graph import ConvChain, chain_in_torch
 
 generator = torch.Generator().manual_seed(0)
@@ -164,18 +168,24 @@ for case in json.loads(sys.argv[1]):
         expected = expected + extra.float()
     scale = activation_scale(float(x.abs().max()))
     weights, weight_scale = quantize_weights(kernel)
-    for config in configs_for(channels, outputs):
+    dequant = (weight_scale * scale).float()
+    runs = [(config, weights, dequant, scale) for config in configs_for(channels, outputs)]
+    # The same chain in FP16, where it is narrow.
+    layout = kernel.permute(0, 2, 3, 1)
+    runs += [(config, layout, None, None) for config in narrow_configs_for(chain, channels, outputs)]
+    for config, operands, dequant, input_scale in runs:
         y = torch.full(expected.shape, float("nan"), dtype=torch.float16)
         y = y.contiguous(memory_format=torch.channels_last)
-        run_chain(chain, config, x, weights, (weight_scale * scale).float(), scale, bias, extra, y)
+        run_chain(chain, config, x, operands, dequant, input_scale, bias, extra, y)
         errors.append(float((y.float() - expected).abs().max() / expected.abs().max()))
 print(json.dumps(errors))
 """
 
 
-def test_the_fp8_kernel_in_tritons_interpreter():
-    """Addressing, padding, strides, masks and the epilogue of the FP8 kernel, run by Triton's CPU
-    interpreter on every tile shape, with data FP8 represents exactly: it must equal the chain."""
+def test_the_kernel_in_tritons_interpreter():
+    """Addressing, padding, strides, masks and the epilogue of the kernel, run by Triton's CPU
+    interpreter on every tile shape, in FP8 and (narrow chains) in FP16, with data FP8
+    represents exactly: it must equal the chain."""
     pytest.importorskip("triton")
     cases = [
         (3, 1, "relu", 0.1, True, 3, 64, 72, 9),  # outputs and pixels no multiple of a tile
@@ -184,6 +194,10 @@ def test_the_fp8_kernel_in_tritons_interpreter():
         (3, 1, "swish", 0.0, True, 1, 64, 64, 6),
         (1, 1, "sigmoid", 0.0, False, 2, 96, 16, 4),
         (3, 1, "tanh", 0.0, False, 1, 32, 8, 3),
+        # Narrow: a model's first convolution, its 3 channels padded to 8 or not.
+        (3, 1, "relu", 0.1, False, 2, 8, 32, 10),
+        (3, 2, "mish", 0.0, True, 1, 3, 40, 9),
+        (1, 1, "relu", 0.1, False, 1, 16, 24, 5),
     ]
     result = subprocess.run(
         [sys.executable, "-c", INTERPRETED_KERNEL, json.dumps(cases)],
@@ -194,7 +208,11 @@ def test_the_fp8_kernel_in_tritons_interpreter():
     )
     assert result.returncode == 0, result.stderr[-3000:]
     errors = json.loads(result.stdout.splitlines()[-1])
-    assert len(errors) == sum(len(configs_for(case[6], case[7])) for case in cases)
+    assert len(errors) == sum(
+        len(configs_for(case[6], case[7]))
+        + len(narrow_configs_for(_chain(kernel=case[0], stride=case[1]), case[6], case[7]))
+        for case in cases
+    )
     # Only the FP16 rounding of the output remains.
     assert max(errors) < 2e-3, errors
 
@@ -260,7 +278,7 @@ needs_fp8 = pytest.mark.skipif(fp8_reason is not None, reason=f"no FP8 engine he
 )
 def test_the_fp8_kernel_computes_the_chain(chain, batch, channels, outputs, size):
     from yoloforge.backends.cudnn_fused import FP8_TOLERANCE
-    from yoloforge.backends.fp8_chain import activation_scale, run_chain
+    from yoloforge.backends.triton_chain import activation_scale, run_chain
 
     generator = torch.Generator(device="cuda").manual_seed(1)
     x = torch.randn(batch, channels, size, size, device="cuda", generator=generator).abs().half()
@@ -288,6 +306,42 @@ def test_the_fp8_kernel_computes_the_chain(chain, batch, channels, outputs, size
         # Against the same arithmetic: only FP16 output rounding and summation order differ.
         difference = (y.float() - emulated).pow(2).mean().sqrt() / emulated.pow(2).mean().sqrt()
         assert float(difference) < 5e-3, (config, float(difference))
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available() or importlib.util.find_spec("triton") is None,
+    reason="needs a GPU and Triton",
+)
+@pytest.mark.parametrize(
+    ("chain", "channels", "outputs", "dtype"),
+    [
+        (_chain(), 8, 32, torch.float16),
+        (_chain(stride=2, activation="mish", residual=True), 3, 32, torch.float16),
+        (_chain(kernel=1, activation="swish"), 16, 24, torch.bfloat16),
+    ],
+)
+def test_the_narrow_kernel_computes_the_chain_on_every_tile_shape(chain, channels, outputs, dtype):
+    from yoloforge.backends.triton_chain import run_chain
+
+    generator = torch.Generator(device="cuda").manual_seed(2)
+    kernel_size = 1 if chain.pre_padding == (0, 0) else 3
+    x = torch.randn(2, channels, 45, 37, device="cuda", generator=generator).to(dtype)
+    kernel = torch.randn(outputs, channels, kernel_size, kernel_size, device="cuda", generator=generator)
+    kernel = (kernel / (channels * kernel_size**2) ** 0.5).to(dtype)
+    bias = torch.randn(outputs, device="cuda", generator=generator).to(dtype)
+    x, kernel = (t.contiguous(memory_format=torch.channels_last) for t in (x, kernel))
+    expected = chain_in_torch(chain)(x.float(), kernel.float(), bias.float())
+    residual = None
+    if chain.residual:
+        residual = torch.randn_like(expected).to(dtype).contiguous(memory_format=torch.channels_last)
+        expected = expected + residual.float()
+    configs = narrow_configs_for(chain, channels, outputs)
+    assert configs
+    for config in configs:
+        y = torch.full(expected.shape, float("nan"), device="cuda", dtype=dtype)
+        y = y.contiguous(memory_format=torch.channels_last)
+        run_chain(chain, config, x, kernel.permute(0, 2, 3, 1), None, None, bias, residual, y)
+        torch.testing.assert_close(y.float(), expected, atol=0.03, rtol=0.02, msg=str(config))
 
 
 @needs_fp8

@@ -139,12 +139,12 @@ def _cudnn_graph_route(torch, images, weight) -> dict[str, Callable[[], Any]]:
 
 
 def _fp8_route(torch, images, weight) -> dict[str, Callable[[], Any]]:
-    """The FP8 kernel (fp8_chain) at its fastest tile shape, where the GPU and Triton run it."""
+    """The FP8 kernel (triton_chain) at its fastest tile shape, where the GPU and Triton run it."""
     if torch.cuda.get_device_capability() < (8, 9):
         return {}
     try:
         from yoloforge.backends.cudnn_fused import time_candidates
-        from yoloforge.backends.fp8_chain import activation_scale, configs_for, quantize_weights, run_chain
+        from yoloforge.backends.triton_chain import activation_scale, configs_for, quantize_weights, run_chain
     except ImportError as error:
         log.info("no FP8 route for the ceiling: %s", error)
         return {}

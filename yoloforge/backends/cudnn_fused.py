@@ -15,7 +15,7 @@ every plan cuDNN's heuristics list and the chain as separate torch operations ar
 the device, replayed from a CUDA graph as the engine runs, and the fastest is kept; load builds
 those plans again, on the device and library versions the fingerprint pins.
 
-The fp8 precision is the fp16 engine with one more candidate per chain: fp8_chain's FP8 kernel,
+The fp8 precision is the fp16 engine with one more candidate per chain: triton_chain's FP8 kernel,
 with the activation ranges measured on the calibration images (a calibration cache beside the
 engine, reused by later builds of the same model and images). A chain runs in FP8 only where
 that is faster than its best FP16 candidate and its output stays within FP8_TOLERANCE of the
@@ -126,6 +126,8 @@ class CudnnChains:
             return _ignoring_chain(unfused)
         if plan["plan"] == "fp8":
             return self._fp8_executor(tuple(plan["config"]))
+        if plan["plan"] == "triton":
+            return self._triton_executor(tuple(plan["config"]))
         graph, tensors = self._graph(chain, x, kernel, residual)
         graph.build_plan_at_index(plan["plan"])
         if graph.get_plan_name_at_index(plan["plan"]) != plan["name"]:
@@ -207,7 +209,7 @@ class CudnnChains:
     def _fp8_executor(self, config: tuple[int, ...]):
         import torch
 
-        from yoloforge.backends.fp8_chain import run_chain
+        from yoloforge.backends.triton_chain import run_chain
 
         def execute(chain, x, kernel, bias, residual=None):
             weights, dequant, scale = self._fp8_operands_of(chain, kernel)
@@ -218,11 +220,25 @@ class CudnnChains:
 
         return execute
 
+    def _triton_executor(self, config: tuple[int, ...]):
+        """The Triton kernel in the engine's own precision, for narrow chains."""
+        import torch
+
+        from yoloforge.backends.triton_chain import run_chain
+
+        def execute(chain, x, kernel, bias, residual=None):
+            shape, stride = _output_layout(chain, x, kernel)
+            y = torch.empty_strided(shape, stride, dtype=x.dtype, device=x.device)
+            run_chain(chain, config, x, kernel.permute(0, 2, 3, 1), None, None, bias, residual, y)
+            return y
+
+        return execute
+
     def _fp8_operands_of(self, chain: ConvChain, kernel) -> tuple[Any, Any, float]:
         """The chain's FP8 weights, dequantization factors and activation scale, made once (at
         the warm-up, before capture)."""
         if chain.name not in self._fp8_operands:
-            from yoloforge.backends.fp8_chain import activation_scale, quantize_weights
+            from yoloforge.backends.triton_chain import activation_scale, quantize_weights
 
             if not self.ranges or chain.name not in self.ranges:
                 raise YoloforgeError(f"the calibration has no range for {chain.name}; rebuild the engine")
@@ -277,20 +293,25 @@ class CudnnChains:
                 executes[index] = self._executor(graph, tensors, index, chain)
             except Exception as error:  # noqa: BLE001 - a plan that does not build is no candidate
                 failures[index] = _first_line(error)
+        narrow = _narrow_configs(chain, x, kernel)
+        executes.update({("triton", config): self._triton_executor(config) for config in narrow})
         timed, failed = time_candidates(
-            {index: functools.partial(execute, *arguments) for index, execute in executes.items()}
+            {label: functools.partial(execute, *arguments) for label, execute in executes.items()}
         )
-        failures.update(failed)
+        failures.update({_label_text(label): reason for label, reason in failed.items()})
         if timed and timed[0][0] < torch_ms:
-            milliseconds, index = timed[0]
-            best = (
-                milliseconds,
-                {"plan": index, "name": graph.get_plan_name_at_index(index)},
-                executes[index],
+            milliseconds, label = timed[0]
+            plan = (
+                {"plan": "triton", "config": list(label[1])}
+                if isinstance(label, tuple)
+                else {"plan": label, "name": graph.get_plan_name_at_index(label)}
             )
+            best = (milliseconds, plan, executes[label])
         milliseconds, record, run = best
         record.update(ms=round(milliseconds, 5), torch_ms=round(torch_ms, 5), candidates=1 + len(timed))
         record["cudnn_plans"] = {"listed": count, "replay_timed": len(timed)}
+        if narrow:
+            record["triton_tile_shapes"] = len(narrow)
         if failures:
             record["failed_plans"] = failures
         return record, run
@@ -299,7 +320,7 @@ class CudnnChains:
         """((ms, tile shape, function) or None, what happened): the FP8 kernel's tile shapes
         timed on this chain (time_candidates), the fastest kept if it beats `fp16_ms` and its
         output passes the check."""
-        from yoloforge.backends.fp8_chain import configs_for, why_not_fp8
+        from yoloforge.backends.triton_chain import configs_for, why_not_fp8
 
         x, kernel = arguments[1], arguments[2]
         why = why_not_fp8(chain, x.shape[1], kernel.shape[0])
@@ -345,6 +366,23 @@ def time_candidates(runs: dict[Any, Callable[[], Any]]) -> tuple[list[tuple[floa
     return sorted(
         ((_replay_ms(runs[label]), label) for label in shortlist), key=lambda entry: entry[0]
     ), failures
+
+
+def _narrow_configs(chain: ConvChain, x, kernel) -> list[tuple[int, ...]]:
+    """The Triton kernel's tile shapes for this chain, where it is narrow and Triton is here."""
+    import importlib.util
+
+    from yoloforge.backends.triton_chain import narrow_configs_for
+
+    if importlib.util.find_spec("triton") is None:
+        return []
+    return narrow_configs_for(chain, x.shape[1], kernel.shape[0])
+
+
+def _label_text(label) -> Any:
+    """A candidate's label as the plans file keys it: a cuDNN plan's index, or the Triton kernel's
+    tile shape."""
+    return f"triton {list(label[1])}" if isinstance(label, tuple) else label
 
 
 def _first_line(error: Exception) -> str:

@@ -1,13 +1,17 @@
-"""A ConvChain on Hopper's FP8 tensor cores: an implicit-GEMM convolution written in Triton.
+"""A ConvChain as one implicit-GEMM convolution written in Triton, in FP8 or in FP16/BF16.
 
-cuDNN's FP8 convolutions need their input already in FP8, which costs a pass over each
-activation per chain, and on YOLO's shapes they gain little over its FP16 kernels
-(docs/engines.md). This kernel reads the chain's FP16 input (channels-last) and quantizes each
-tile in registers with the activation scale calibration measured, multiplies it with the
-per-output-channel FP8 weights on the tensor cores with FP32 accumulation, and applies the
-epilogue in FP32: dequantization, bias, activation and the residual addition, writing FP16. So
-the graph around the chains (routes, upsampling, heads) stays in FP16 and only the
+FP8, on Hopper's FP8 tensor cores: cuDNN's FP8 convolutions need their input already in FP8,
+which costs a pass over each activation per chain, and on YOLO's shapes they gain little over
+its FP16 kernels (docs/engines.md). This kernel reads the chain's FP16 input (channels-last) and
+quantizes each tile in registers with the activation scale calibration measured, multiplies it
+with the per-output-channel FP8 weights on the tensor cores with FP32 accumulation, and applies
+the epilogue in FP32: dequantization, bias, activation and the residual addition, writing FP16.
+So the graph around the chains (routes, upsampling, heads) stays in FP16 and only the
 multiplications run in 8 bits.
+
+FP16/BF16, for the narrow chains: a model's first convolution reads 3 colour channels (padded
+to 8), which cuDNN's kernels tile for wide inputs. Here one tile of the reduction spans several
+kernel taps, so no multiply is spent on padding beyond the last tap.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from yoloforge.backends.torch_graph import ConvChain, chain_in_torch
 FP8_MAX = 448.0
 # Tile shapes timed per chain: (block_m pixels, block_n outputs, block_k channels, warps, stages).
 # Each is compiled per chain kind, so only shapes that won on some chain of YOLOv3 are kept.
-CONFIGS = (
+FP8_CONFIGS = (
     (128, 128, 128, 8, 3),
     (128, 256, 64, 8, 3),
     (128, 256, 128, 8, 3),
@@ -31,6 +35,19 @@ CONFIGS = (
     (128, 128, 32, 4, 4),
     (64, 64, 32, 4, 4),
 )
+# The narrow chains' tile shapes: a few channels times the taps make a short reduction, so the
+# tiles are wide in pixels and short in the reduction.
+NARROW_CONFIGS = (
+    (64, 32, 16, 4, 3),
+    (128, 32, 16, 4, 3),
+    (128, 32, 32, 4, 3),
+    (256, 32, 32, 8, 3),
+    (128, 64, 32, 4, 3),
+    (256, 64, 16, 8, 3),
+)
+# Chains with fewer input channels than this are narrow: the FP16/BF16 kernel is one more
+# candidate for them.
+NARROW_CHANNELS = 32
 # The activations the epilogue computes, by ConvChain.activation.
 ACTIVATIONS = {None: 0, "relu": 1, "sigmoid": 2, "swish": 3, "mish": 4, "tanh": 5}
 
@@ -58,8 +75,15 @@ def why_not_fp8(chain: ConvChain, channels: int, outputs: int) -> str | None:
 
 
 def configs_for(channels: int, outputs: int) -> list[tuple[int, int, int, int, int]]:
-    """The tile shapes that fit these channel counts."""
-    return [config for config in CONFIGS if channels % config[2] == 0 and config[1] <= max(64, outputs)]
+    """The FP8 tile shapes that fit these channel counts."""
+    return [config for config in FP8_CONFIGS if channels % config[2] == 0 and config[1] <= max(64, outputs)]
+
+
+def narrow_configs_for(chain: ConvChain, channels: int, outputs: int) -> list[tuple[int, int, int, int, int]]:
+    """The FP16/BF16 kernel's tile shapes for a narrow chain; none for the others."""
+    if channels >= NARROW_CHANNELS or chain.dilation != (1, 1) or chain.activation not in ACTIVATIONS:
+        return []
+    return [config for config in NARROW_CONFIGS if config[1] <= max(32, outputs)]
 
 
 def quantize_weights(kernel) -> tuple[Any, Any]:
@@ -119,9 +143,13 @@ def emulated_fuser(ranges: dict[str, float]):
     return fuse
 
 
-def run_chain(chain: ConvChain, config, x, weights, dequant, input_scale: float, bias, residual, y) -> None:
-    """y (channels-last FP16) = the chain of x (channels-last FP16) with FP8 `weights` from
-    quantize_weights; dequant[k] = activation scale * weight scale of output k."""
+def run_chain(
+    chain: ConvChain, config, x, weights, dequant, input_scale: float | None, bias, residual, y
+) -> None:
+    """y (channels-last) = the chain of x (channels-last, FP16 or BF16), with `weights` laid out
+    [K][kh][kw][C]. In FP8 they come from quantize_weights and dequant[k] = activation scale *
+    weight scale of output k; in x's own type (input_scale and dequant None) they are
+    kernel.permute(0, 2, 3, 1) of the chain's channels-last kernel."""
     import triton
 
     batch, channels, height, width = x.shape
@@ -132,11 +160,11 @@ def run_chain(chain: ConvChain, config, x, weights, dequant, input_scale: float,
     _kernel()[grid](
         x,
         weights,
-        dequant,
+        bias if dequant is None else dequant,
         bias,
         residual if residual is not None else y,
         y,
-        1.0 / input_scale,
+        1.0 if input_scale is None else 1.0 / input_scale,
         pixels,
         height,
         width,
@@ -154,6 +182,8 @@ def run_chain(chain: ConvChain, config, x, weights, dequant, input_scale: float,
         activation=ACTIVATIONS[chain.activation],
         negative_slope=float(chain.negative_slope),
         has_residual=residual is not None,
+        quantized=input_scale is not None,
+        taps_in_block=channels % block_k != 0,
         block_m=block_m,
         block_n=block_n,
         block_k=block_k,
@@ -196,6 +226,10 @@ def _kernel():
         activation: tl.constexpr,
         negative_slope: tl.constexpr,
         has_residual: tl.constexpr,
+        # FP8: quantize the input tile, dequantize the product.
+        quantized: tl.constexpr,
+        # A reduction tile spans several taps (fewer channels than block_k): each lane finds its tap.
+        taps_in_block: tl.constexpr,
         block_m: tl.constexpr,
         block_n: tl.constexpr,
         block_k: tl.constexpr,
@@ -224,23 +258,34 @@ def _kernel():
         accumulator = tl.zeros((block_m, block_n), dtype=tl.float32)
         for k in range(0, reduction, block_k):
             k = tl.multiple_of(k, block_k)
-            tap = k // channels
-            channel = tl.multiple_of(k - tap * channels, block_k)
-            ih = top + tap // kernel_w
-            iw = left + tap % kernel_w
-            inside = row_ok & (ih >= 0) & (ih < height) & (iw >= 0) & (iw < width)
-            pixel = tl.multiple_of(((image * height + ih) * width + iw) * channels + channel, 16)
-            a = tl.load(x + pixel[:, None] + lanes[None, :], mask=inside[:, None], other=0.0)
-            a = a.to(tl.float32) * input_scale
-            a = tl.minimum(tl.maximum(a, -448.0), 448.0).to(tl.float8e4nv)
-            b = tl.load(
-                weights + cols[None, :] * reduction + (k + lanes)[:, None], mask=col_ok[None, :], other=0.0
-            )
+            if taps_in_block:
+                lane = k + lanes
+                tap = lane // channels
+                ih = top[:, None] + (tap // kernel_w)[None, :]
+                iw = left[:, None] + (tap % kernel_w)[None, :]
+                inside = row_ok[:, None] & (lane < reduction)[None, :]
+                inside = inside & (ih >= 0) & (ih < height) & (iw >= 0) & (iw < width)
+                pixel = ((image[:, None] * height + ih) * width + iw) * channels + (lane % channels)[None, :]
+                a = tl.load(x + pixel, mask=inside, other=0.0)
+                b_ok = col_ok[None, :] & (lane < reduction)[:, None]
+            else:
+                tap = k // channels
+                channel = tl.multiple_of(k - tap * channels, block_k)
+                ih = top + tap // kernel_w
+                iw = left + tap % kernel_w
+                inside = row_ok & (ih >= 0) & (ih < height) & (iw >= 0) & (iw < width)
+                pixel = tl.multiple_of(((image * height + ih) * width + iw) * channels + channel, 16)
+                a = tl.load(x + pixel[:, None] + lanes[None, :], mask=inside[:, None], other=0.0)
+                b_ok = col_ok[None, :]
+            if quantized:
+                a = a.to(tl.float32) * input_scale
+                a = tl.minimum(tl.maximum(a, -448.0), 448.0).to(tl.float8e4nv)
+            b = tl.load(weights + cols[None, :] * reduction + (k + lanes)[:, None], mask=b_ok, other=0.0)
             accumulator = tl.dot(a, b, accumulator)
 
-        scale = tl.load(dequant + cols, mask=col_ok, other=0.0)
-        shift = tl.load(bias + cols, mask=col_ok, other=0.0).to(tl.float32)
-        v = accumulator * scale[None, :] + shift[None, :]
+        if quantized:
+            accumulator = accumulator * tl.load(dequant + cols, mask=col_ok, other=0.0)[None, :]
+        v = accumulator + tl.load(bias + cols, mask=col_ok, other=0.0).to(tl.float32)[None, :]
         if activation == 1:
             v = tl.where(v > 0, v, v * negative_slope)
         elif activation == 2:
