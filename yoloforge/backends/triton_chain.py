@@ -198,7 +198,10 @@ def _kernel():
     import triton
     import triton.language as tl
 
-    @triton.jit
+    # The image and batch sizes are not specialized on (Triton would compile anew for each
+    # divisibility of them), so one compiled kernel per chain kind and tile shape serves every
+    # size and batch of a model in a run, through the on-disk cache.
+    @triton.jit(do_not_specialize=["pixels", "height", "width", "out_h", "out_w"])
     def chain_kernel(
         x,
         weights,
