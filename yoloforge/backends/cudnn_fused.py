@@ -25,6 +25,7 @@ FP16 chain's; the plans file records each chain's FP8 outcome and why.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import io
 import json
 import logging
@@ -124,6 +125,8 @@ class CudnnChains:
         """The function that runs `plan`, the record of an earlier timing."""
         if plan["plan"] == "torch":
             return _ignoring_chain(unfused)
+        if plan["plan"] in ("fp8", "triton") and importlib.util.find_spec("triton") is None:
+            raise YoloforgeError(f"the engine runs {chain.name} on the Triton kernel; install triton")
         if plan["plan"] == "fp8":
             return self._fp8_executor(tuple(plan["config"]))
         if plan["plan"] == "triton":
@@ -370,8 +373,6 @@ def time_candidates(runs: dict[Any, Callable[[], Any]]) -> tuple[list[tuple[floa
 
 def _narrow_configs(chain: ConvChain, x, kernel) -> list[tuple[int, ...]]:
     """The Triton kernel's tile shapes for this chain, where it is narrow and Triton is here."""
-    import importlib.util
-
     from yoloforge.backends.triton_chain import narrow_configs_for
 
     if importlib.util.find_spec("triton") is None:
@@ -547,7 +548,13 @@ def _replay_ms(run) -> float:
 def _frontend_versions() -> dict[str, str]:
     import cudnn
 
-    return {"cudnn_frontend": cudnn.__version__, "cudnn": str(cudnn.backend_version_string())}
+    versions = {"cudnn_frontend": cudnn.__version__, "cudnn": str(cudnn.backend_version_string())}
+    # Engines may run chains on the Triton kernel, compiled at load for this version.
+    if importlib.util.find_spec("triton") is not None:
+        from importlib.metadata import version
+
+        versions["triton"] = version("triton")
+    return versions
 
 
 class CudnnFusedBackend(_TorchBackend):
@@ -634,17 +641,17 @@ class CudnnFusedBackend(_TorchBackend):
                 archive.writestr(ENGINE_MEMBERS[2], json.dumps(ranges, indent=1, sort_keys=True))
         request.output.write_bytes(buffer.getvalue())
         write_json(timing_cache, chains.timings)
-        fused = [plan for plan in plans.values() if isinstance(plan["plan"], int)]
-        in_fp8 = [plan for plan in plans.values() if plan["plan"] == "fp8"]
+        fused = [plan for plan in plans.values() if plan["plan"] != "torch"]
         return {
             **flags,
             "distinct_chains": len(plans),
             "timing_cache": str(timing_cache),
             "chains_timed_from_cache": chains.reused_timings,
-            "chains_fused_by_cudnn": len(fused),
-            **({"chains_in_fp8": len(in_fp8)} if ranges is not None else {}),
-            "chain_ms_fused": round(sum(plan["ms"] for plan in fused + in_fp8), 4),
-            "chain_ms_as_torch": round(sum(plan["torch_ms"] for plan in fused + in_fp8), 4),
+            "chains_fused_by_cudnn": sum(isinstance(plan["plan"], int) for plan in fused),
+            "chains_in_triton_fp16": sum(plan["plan"] == "triton" for plan in fused),
+            **({"chains_in_fp8": sum(plan["plan"] == "fp8" for plan in fused)} if ranges is not None else {}),
+            "chain_ms_fused": round(sum(plan["ms"] for plan in fused), 4),
+            "chain_ms_as_torch": round(sum(plan["torch_ms"] for plan in fused), 4),
         }
 
     def _load(self, engine: Path, sidecar: dict[str, Any]) -> Runner:
