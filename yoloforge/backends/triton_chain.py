@@ -183,7 +183,7 @@ def run_chain(
         negative_slope=float(chain.negative_slope),
         has_residual=residual is not None,
         quantized=input_scale is not None,
-        taps_in_block=channels % block_k != 0,
+        spanned_channels=channels if channels % block_k else 0,
         block_m=block_m,
         block_n=block_n,
         block_k=block_k,
@@ -231,8 +231,9 @@ def _kernel():
         has_residual: tl.constexpr,
         # FP8: quantize the input tile, dequantize the product.
         quantized: tl.constexpr,
-        # A reduction tile spans several taps (fewer channels than block_k): each lane finds its tap.
-        taps_in_block: tl.constexpr,
+        # Where a reduction tile spans several taps (fewer channels than block_k), the channel
+        # count as a constant, so that each tap's channels load as one vector; else 0.
+        spanned_channels: tl.constexpr,
         block_m: tl.constexpr,
         block_n: tl.constexpr,
         block_k: tl.constexpr,
@@ -261,14 +262,15 @@ def _kernel():
         accumulator = tl.zeros((block_m, block_n), dtype=tl.float32)
         for k in range(0, reduction, block_k):
             k = tl.multiple_of(k, block_k)
-            if taps_in_block:
+            if spanned_channels:
                 lane = k + lanes
-                tap = lane // channels
+                tap = lane // spanned_channels
                 ih = top[:, None] + (tap // kernel_w)[None, :]
                 iw = left[:, None] + (tap % kernel_w)[None, :]
                 inside = row_ok[:, None] & (lane < reduction)[None, :]
                 inside = inside & (ih >= 0) & (ih < height) & (iw >= 0) & (iw < width)
-                pixel = ((image[:, None] * height + ih) * width + iw) * channels + (lane % channels)[None, :]
+                pixel = ((image[:, None] * height + ih) * width + iw) * spanned_channels
+                pixel += (lane % spanned_channels)[None, :]
                 a = tl.load(x + pixel, mask=inside, other=0.0)
                 b_ok = col_ok[None, :] & (lane < reduction)[:, None]
             else:
