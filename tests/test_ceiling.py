@@ -35,6 +35,19 @@ def test_the_ceiling_is_the_fastest_route():
     assert ceiling["routes"]["fast"] > 2 * ceiling["routes"]["slow"] > 0
 
 
+def test_the_fp8_ceiling_is_fp16_where_fp16_is_faster():
+    """The fp8 engine runs a chain in FP16 wherever that is faster, so its ceiling may be an FP16
+    route: never one below the fp16 engine's."""
+    torch = pytest.importorskip("torch")
+    from yoloforge.ceiling import CPU_SHAPE, _fastest, fp8_engine_routes
+
+    routes = fp8_engine_routes(
+        {"FP8 kernel": lambda: time.sleep(0.004)}, {"conv2d": lambda: time.sleep(0.001)}
+    )
+    ceiling = _fastest(torch, "cpu", routes, CPU_SHAPE)
+    assert ceiling["route"] == "conv2d, FP16" and set(ceiling["routes"]) == {"FP8 kernel", "conv2d, FP16"}
+
+
 def test_device_stores_the_ceilings_beside_the_engine_probes(tmp_path):
     pytest.importorskip("torch")
     output = tmp_path / "local.json"
