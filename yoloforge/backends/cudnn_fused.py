@@ -125,12 +125,10 @@ class CudnnChains:
         """The function that runs `plan`, the record of an earlier timing."""
         if plan["plan"] == "torch":
             return _ignoring_chain(unfused)
-        if plan["plan"] in ("fp8", "triton") and importlib.util.find_spec("triton") is None:
-            raise YoloforgeError(f"the engine runs {chain.name} on the Triton kernel; install triton")
-        if plan["plan"] == "fp8":
-            return self._fp8_executor(tuple(plan["config"]))
-        if plan["plan"] == "triton":
-            return self._triton_executor(tuple(plan["config"]))
+        if plan["plan"] in ("fp8", "triton"):
+            if importlib.util.find_spec("triton") is None:
+                raise YoloforgeError(f"the engine runs {chain.name} on the Triton kernel; install triton")
+            return self._triton_executor(tuple(plan["config"]), fp8=plan["plan"] == "fp8")
         graph, tensors = self._graph(chain, x, kernel, residual)
         graph.build_plan_at_index(plan["plan"])
         if graph.get_plan_name_at_index(plan["plan"]) != plan["name"]:
@@ -209,30 +207,20 @@ class CudnnChains:
 
         return execute
 
-    def _fp8_executor(self, config: tuple[int, ...]):
+    def _triton_executor(self, config: tuple[int, ...], fp8: bool):
+        """The Triton kernel (triton_chain) at this tile shape: in FP8, or in the engine's own
+        precision (narrow chains)."""
         import torch
 
         from yoloforge.backends.triton_chain import run_chain
 
         def execute(chain, x, kernel, bias, residual=None):
-            weights, dequant, scale = self._fp8_operands_of(chain, kernel)
+            operands = (
+                self._fp8_operands_of(chain, kernel) if fp8 else (kernel.permute(0, 2, 3, 1), None, None)
+            )
             shape, stride = _output_layout(chain, x, kernel)
             y = torch.empty_strided(shape, stride, dtype=x.dtype, device=x.device)
-            run_chain(chain, config, x, weights, dequant, scale, bias, residual, y)
-            return y
-
-        return execute
-
-    def _triton_executor(self, config: tuple[int, ...]):
-        """The Triton kernel in the engine's own precision, for narrow chains."""
-        import torch
-
-        from yoloforge.backends.triton_chain import run_chain
-
-        def execute(chain, x, kernel, bias, residual=None):
-            shape, stride = _output_layout(chain, x, kernel)
-            y = torch.empty_strided(shape, stride, dtype=x.dtype, device=x.device)
-            run_chain(chain, config, x, kernel.permute(0, 2, 3, 1), None, None, bias, residual, y)
+            run_chain(chain, config, x, *operands, bias, residual, y)
             return y
 
         return execute
@@ -297,7 +285,7 @@ class CudnnChains:
             except Exception as error:  # noqa: BLE001 - a plan that does not build is no candidate
                 failures[index] = _first_line(error)
         narrow = _narrow_configs(chain, x, kernel)
-        executes.update({("triton", config): self._triton_executor(config) for config in narrow})
+        executes.update({("triton", config): self._triton_executor(config, fp8=False) for config in narrow})
         timed, failed = time_candidates(
             {label: functools.partial(execute, *arguments) for label, execute in executes.items()}
         )
@@ -329,7 +317,10 @@ class CudnnChains:
         why = why_not_fp8(chain, x.shape[1], kernel.shape[0])
         if why:
             return None, {"used": False, "why": why}
-        executes = {config: self._fp8_executor(config) for config in configs_for(x.shape[1], kernel.shape[0])}
+        executes = {
+            config: self._triton_executor(config, fp8=True)
+            for config in configs_for(x.shape[1], kernel.shape[0])
+        }
         timed, failures = time_candidates(
             {config: functools.partial(execute, *arguments) for config, execute in executes.items()}
         )
