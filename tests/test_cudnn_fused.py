@@ -155,6 +155,23 @@ def test_build_without_a_gpu_fails_in_one_line(residual_onnx, tmp_path):
     assert list(output.parent.iterdir()) == []
 
 
+def test_timing_cache_is_valid_for_one_version_of_the_triton_kernel(tmp_path, monkeypatch):
+    from yoloforge.backends import cudnn_fused
+
+    path = tmp_path / "cudnn-timing.json"
+    timings = {"chain signature": {"plan": 3, "name": "eng4", "ms": 0.01}}
+    cudnn_fused.write_timings(path, timings)
+    assert cudnn_fused.read_timings(path) == timings
+    # Timed with another kernel: it may have chosen against a kernel that is faster now.
+    monkeypatch.setattr(cudnn_fused, "_kernels_version", lambda: "another")
+    assert cudnn_fused.read_timings(path) == {}
+    monkeypatch.undo()
+    for stale in ("{not json", json.dumps(timings), json.dumps([1, 2])):  # the unversioned format
+        path.write_text(stale)
+        assert cudnn_fused.read_timings(path) == {}
+    assert cudnn_fused.read_timings(tmp_path / "missing.json") == {}
+
+
 needs_gpu = pytest.mark.skipif(
     get_backend("cudnn-fused").unavailable_reason("fp16") is not None,
     reason=f"cudnn-fused cannot run here: {get_backend('cudnn-fused').unavailable_reason('fp16')}",

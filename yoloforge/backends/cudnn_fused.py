@@ -59,7 +59,7 @@ TIMED_RUNS = 20
 ENGINE_MEMBERS = ("model.onnx", "plans.json", "calibration.json")
 # In the engine folder, which is per device fingerprint: each distinct chain's FP16/BF16 timing,
 # which later builds there reuse (another precision's, a rebuilt engine's), as TensorRT's timing
-# cache. Delete it to time every chain again.
+# cache; valid for one version of the Triton kernel. Delete it to time every chain again.
 TIMING_CACHE = "cudnn-timing.json"
 
 log = logging.getLogger(__name__)
@@ -381,13 +381,31 @@ def _first_line(error: Exception) -> str:
     return (str(error) or type(error).__name__).splitlines()[0]
 
 
-def _read_timings(path: Path) -> dict[str, dict[str, Any]]:
-    """The timing cache at `path`; {} where there is none or it is unreadable (then it is rebuilt)."""
+def _kernels_version() -> str:
+    """The Triton kernel's source, hashed: a timing made with another version of it may have
+    chosen against a kernel that is now faster, so the cache is valid for one version."""
+    import hashlib
+
+    from yoloforge.backends import triton_chain
+
+    return hashlib.sha256(Path(triton_chain.__file__).read_bytes()).hexdigest()[:16]
+
+
+def read_timings(path: Path) -> dict[str, dict[str, Any]]:
+    """The timing cache at `path`; {} where there is none, it is unreadable or it was timed with
+    another version of the Triton kernel (then it is rebuilt)."""
     try:
-        timings = json.loads(path.read_text())
+        cached = json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
+    if not isinstance(cached, dict) or cached.get("kernels") != _kernels_version():
+        return {}
+    timings = cached.get("timings")
     return timings if isinstance(timings, dict) else {}
+
+
+def write_timings(path: Path, timings: dict[str, dict[str, Any]]) -> None:
+    write_json(path, {"kernels": _kernels_version(), "timings": timings})
 
 
 def _ignoring_chain(function):
@@ -610,7 +628,7 @@ class CudnnFusedBackend(_TorchBackend):
             ranges, calibration = cached_activation_ranges(request, "cuda")
             flags.update(calibration)
         timing_cache = request.output.parent / TIMING_CACHE
-        timings = _read_timings(timing_cache)
+        timings = read_timings(timing_cache)
         chains = CudnnChains(getattr(torch, flags["dtype"]), ranges=ranges, timings=timings)
         module = _module_for(request.onnx, flags, fuse=chains.fuse)
         # Tuned on a calibration batch: the FP8 output check needs real activations, and the
@@ -631,7 +649,7 @@ class CudnnFusedBackend(_TorchBackend):
             if ranges is not None:
                 archive.writestr(ENGINE_MEMBERS[2], json.dumps(ranges, indent=1, sort_keys=True))
         request.output.write_bytes(buffer.getvalue())
-        write_json(timing_cache, chains.timings)
+        write_timings(timing_cache, chains.timings)
         fused = [plan for plan in plans.values() if plan["plan"] != "torch"]
         return {
             **flags,
