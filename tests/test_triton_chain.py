@@ -80,6 +80,20 @@ def test_chains_the_fp8_kernel_takes(chain, channels, outputs, why):
         assert all(channels % config[2] == 0 for config in configs_for(channels, outputs))
 
 
+@pytest.mark.parametrize(
+    ("chain", "channels", "narrow"),
+    [
+        (_chain(), 8, True),
+        (_chain(kernel=1), 24, True),
+        (_chain(), 32, False),  # wide enough for cuDNN's tiles
+        (_chain(dilation=2), 8, False),
+        (_chain(activation="gelu"), 8, False),
+    ],
+)
+def test_narrow_chains_get_the_fp16_kernel(chain, channels, narrow):
+    assert bool(narrow_configs_for(chain, channels, 32)) == narrow
+
+
 @pytest.fixture(scope="module")
 def tiny_onnx(synthetic_weights, tmp_path_factory):
     folder = tmp_path_factory.mktemp("tiny")

@@ -126,7 +126,7 @@ class CudnnChains:
         if plan["plan"] == "torch":
             return _ignoring_chain(unfused)
         if plan["plan"] in ("fp8", "triton"):
-            if importlib.util.find_spec("triton") is None:
+            if not _triton_installed():
                 raise YoloforgeError(f"the engine runs {chain.name} on the Triton kernel; install triton")
             return self._triton_executor(tuple(plan["config"]), fp8=plan["plan"] == "fp8")
         graph, tensors = self._graph(chain, x, kernel, residual)
@@ -300,7 +300,10 @@ class CudnnChains:
             best = (milliseconds, plan, executes[label])
         milliseconds, record, run = best
         record.update(ms=round(milliseconds, 5), torch_ms=round(torch_ms, 5), candidates=1 + len(timed))
-        record["cudnn_plans"] = {"listed": count, "replay_timed": len(timed)}
+        record["cudnn_plans"] = {
+            "listed": count,
+            "replay_timed": sum(isinstance(label, int) for _, label in timed),
+        }
         if narrow:
             record["triton_tile_shapes"] = len(narrow)
         if failures:
@@ -362,11 +365,15 @@ def time_candidates(runs: dict[Any, Callable[[], Any]]) -> tuple[list[tuple[floa
     ), failures
 
 
+def _triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
 def _narrow_configs(chain: ConvChain, x, kernel) -> list[tuple[int, ...]]:
     """The Triton kernel's tile shapes for this chain, where it is narrow and Triton is here."""
     from yoloforge.backends.triton_chain import narrow_configs_for
 
-    if importlib.util.find_spec("triton") is None:
+    if not _triton_installed():
         return []
     return narrow_configs_for(chain, x.shape[1], kernel.shape[0])
 
@@ -559,7 +566,7 @@ def _frontend_versions() -> dict[str, str]:
 
     versions = {"cudnn_frontend": cudnn.__version__, "cudnn": str(cudnn.backend_version_string())}
     # Engines may run chains on the Triton kernel, compiled at load for this version.
-    if importlib.util.find_spec("triton") is not None:
+    if _triton_installed():
         from importlib.metadata import version
 
         versions["triton"] = version("triton")

@@ -52,12 +52,20 @@ NARROW_CHANNELS = 32
 ACTIVATIONS = {None: 0, "relu": 1, "sigmoid": 2, "swish": 3, "mish": 4, "tanh": 5}
 
 
-def unsupported(chain: ConvChain, channels: int, outputs: int) -> str | None:
-    """Why this kernel cannot run `chain` on `channels` inputs, or None."""
+def _outside_the_kernel(chain: ConvChain) -> str | None:
+    """Why the kernel cannot compute `chain` in any precision, or None."""
     if chain.dilation != (1, 1):
         return "dilated"
     if chain.activation not in ACTIVATIONS:
         return f"activation {chain.activation}"
+    return None
+
+
+def unsupported(chain: ConvChain, channels: int, outputs: int) -> str | None:
+    """Why this kernel cannot run `chain` on `channels` inputs in FP8, or None."""
+    reason = _outside_the_kernel(chain)
+    if reason:
+        return reason
     if channels % 32:
         return f"{channels} input channels (FP8 tiles take multiples of 32)"
     if outputs % 8:
@@ -81,7 +89,7 @@ def configs_for(channels: int, outputs: int) -> list[tuple[int, int, int, int, i
 
 def narrow_configs_for(chain: ConvChain, channels: int, outputs: int) -> list[tuple[int, int, int, int, int]]:
     """The FP16/BF16 kernel's tile shapes for a narrow chain; none for the others."""
-    if channels >= NARROW_CHANNELS or chain.dilation != (1, 1) or chain.activation not in ACTIVATIONS:
+    if channels >= NARROW_CHANNELS or _outside_the_kernel(chain):
         return []
     return [config for config in NARROW_CONFIGS if config[1] <= max(32, outputs)]
 
