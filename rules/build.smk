@@ -38,10 +38,11 @@ rule build:
         "logs/build/{target}/{fingerprint}/{engine}/{model}-{size}-{precision}-b{batch}.log",
     conda:
         engine_env
-    # Builds that time kernels on the device (TensorRT tactics, Inductor autotuning) get it alone.
+    # Builds that time kernels on the device (TensorRT tactics, Inductor autotuning) get it alone;
+    # cudnn-fused's compile side by side and take the device lock to time.
     resources:
         **target_resources(),
-        gpu=build_times_kernels,
+        gpu=build_holds_device,
     params:
         options=engine_options,
     shell:

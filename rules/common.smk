@@ -68,10 +68,12 @@ def engine_options(wildcards):
     return option_arguments(config.get("engine_options", {}).get(wildcards.engine, {}))
 
 
-def build_times_kernels(wildcards):
-    """1 for builds that time kernels on the device, so they never overlap one another."""
+def build_holds_device(wildcards):
+    """1 for builds that time kernels on the device from start to end, so they never overlap one
+    another; those that compile off the device overlap, their timing serialized by the device lock.
+    """
     options = config.get("engine_options", {}).get(wildcards.engine, {})
-    return int(backends.build_times_kernels(wildcards.engine, options))
+    return int(backends.build_holds_device(wildcards.engine, options))
 
 
 def engine_env(wildcards):

@@ -172,6 +172,18 @@ def test_timing_cache_is_valid_for_one_version_of_the_triton_kernel(tmp_path, mo
     assert cudnn_fused.read_timings(tmp_path / "missing.json") == {}
 
 
+def test_timing_cache_keeps_what_a_build_alongside_wrote(tmp_path):
+    from yoloforge.backends import cudnn_fused
+
+    path = tmp_path / "cudnn-timing.json"
+    # Two builds read the same cache, then each writes its own chains: neither loses the other's.
+    first = {"chain a": {"plan": 1, "name": "eng4", "ms": 0.02}}
+    second = {"chain b": {"plan": "torch", "ms": 0.05}, "chain a": {"plan": 2, "name": "eng5", "ms": 0.01}}
+    cudnn_fused.write_timings(path, first)
+    cudnn_fused.write_timings(path, second)
+    assert cudnn_fused.read_timings(path) == {**first, **second}
+
+
 needs_gpu = pytest.mark.skipif(
     get_backend("cudnn-fused").unavailable_reason("fp16") is not None,
     reason=f"cudnn-fused cannot run here: {get_backend('cudnn-fused').unavailable_reason('fp16')}",
@@ -179,18 +191,23 @@ needs_gpu = pytest.mark.skipif(
 
 
 @needs_gpu
-@pytest.mark.parametrize("precision", ["fp16", "bf16"])
-def test_engine_agrees_with_the_onnx_reference(tiny_weights, tmp_path, precision):
+@pytest.mark.parametrize(
+    ("precision", "options"),
+    [("fp16", {}), ("bf16", {}), ("fp16", {"shape_generic_kernels": "true"})],
+)
+def test_engine_agrees_with_the_onnx_reference(tiny_weights, tmp_path, precision, options):
     onnx_path = tmp_path / "tiny-320.onnx"
     convert(MODELS / "yolov3-tiny.cfg", tiny_weights, onnx_path, (320, 320))
     output = tmp_path / f"tiny-{precision}.engine"
     sidecar = get_backend("cudnn-fused").build(
-        BuildRequest(onnx=onnx_path, precision=precision, batch=3, output=output)
+        BuildRequest(onnx=onnx_path, precision=precision, batch=3, output=output, options=options)
     )
     flags = sidecar["build_flags"]
     assert flags["distinct_chains"] > 0 and flags["chains_fused_by_cudnn"] > 0, flags
     with zipfile.ZipFile(output) as archive:
         plans = json.loads(archive.read("plans.json"))
+    # Shape-generic kernels are timed apart from shape-specific ones: the timing cache keeps both.
+    assert all(key.startswith("shape-generic ") == bool(options) for key in plans), plans
     # The chains with under 32 input channels (the first's 3 padded to 8, then 16) are narrow: the
     # Triton kernel was timed on them and only them.
     narrow = {key for key in plans if int(re.search(r"\[\(\(\d+, (\d+),", key).group(1)) < 32}

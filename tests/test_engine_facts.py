@@ -158,18 +158,21 @@ def test_the_rules_read_the_facts(snakemake_workflow):
     workflow = snakemake_workflow
     precision = re.compile(workflow.wildcard_constraints["precision"])
     assert [p for p in [*PRECISIONS, "fp64", "fp4"] if precision.fullmatch(p)] == list(PRECISIONS)
-    times_kernels = workflow.globals["build_times_kernels"]
-    assert workflow.get_rule("build").resources["gpu"]._evaluator is times_kernels
+    holds_device = workflow.globals["build_holds_device"]
+    assert workflow.get_rule("build").resources["gpu"]._evaluator is holds_device
     config = workflow.globals["config"]
     for name, backend in BACKENDS.items():
         declared = backend.facts.times_kernels
+        alone = not backend.facts.compiles_off_device
         wildcards = SimpleNamespace(engine=name)
         # Unset, a switch counts as on; set in the config, it decides.
         config["engine_options"] = {}
-        assert times_kernels(wildcards) == int(bool(declared)), name
+        assert holds_device(wildcards) == int(bool(declared) and alone), name
         for value in (True, False):
             config["engine_options"] = {name: {declared: value}} if isinstance(declared, str) else {}
-            assert times_kernels(wildcards) == int(declared is True or (bool(declared) and value)), name
+            times = declared is True or (bool(declared) and value)
+            assert holds_device(wildcards) == int(times and alone), name
+    assert any(backend.facts.compiles_off_device for backend in BACKENDS.values())
 
 
 def test_each_engine_job_runs_in_its_family_env_and_every_env_exists(snakemake_workflow):

@@ -106,7 +106,8 @@ def cmd_images(args: argparse.Namespace) -> None:
 
 
 def cmd_build(args: argparse.Namespace) -> None:
-    from yoloforge.backends import BuildRequest, get_backend
+    from yoloforge.backends import BuildRequest, build_times_kernels, get_backend
+    from yoloforge.device_lock import DEVICE_LOCK
     from yoloforge.images import image_paths
 
     backend = get_backend(args.engine)
@@ -129,17 +130,21 @@ def cmd_build(args: argparse.Namespace) -> None:
                 f" {args.fingerprint}; re-probe the device (snakemake --forcerun device)",
                 args.output,
             )
-    sidecar = backend.build(request)
+    timed = build_times_kernels(args.engine, request.options)
+    with DEVICE_LOCK.held() if timed else contextlib.nullcontext():
+        sidecar = backend.build(request)
     log.info(
-        "built %s in %.1fs; check against ONNX Runtime FP32: %s",
+        "built %s in %.1fs (%.1fs of it waiting for the device); check against ONNX Runtime FP32: %s",
         args.output,
         sidecar["build_seconds"],
+        sidecar["device_wait_seconds"],
         sidecar["check"],
     )
 
 
 def cmd_bench(args: argparse.Namespace) -> None:
     from yoloforge.bench import Round, log_timing, time_round, write_result
+    from yoloforge.device_lock import DEVICE_LOCK
     from yoloforge.timing import TimingBudget
 
     spec = Round(
@@ -155,7 +160,8 @@ def cmd_bench(args: argparse.Namespace) -> None:
         onnx=args.onnx and Path(args.onnx),
         fingerprint=args.fingerprint,
     )
-    result, latencies = time_round(spec)
+    with DEVICE_LOCK.held():
+        result, latencies = time_round(spec)
     write_result(args.output, result, latencies)
     log_timing(result, f"round {args.round} of {args.rounds}")
 
@@ -185,6 +191,7 @@ def cmd_accuracy(args: argparse.Namespace) -> None:
 
     from yoloforge.accuracy import draw_examples, score_engine, write_coco_results
     from yoloforge.backends import get_backend, read_sidecar
+    from yoloforge.device_lock import DEVICE_LOCK
     from yoloforge.files import write_json
 
     sidecar = read_sidecar(args.engine_file)
@@ -194,18 +201,21 @@ def cmd_accuracy(args: argparse.Namespace) -> None:
         raise YoloforgeError(
             f"unreadable reference detections ({error.__class__.__name__})", args.reference
         ) from None
-    record, coco_results, detections = score_engine(
-        get_backend(args.engine).load(args.engine_file),
-        model=args.model,
-        engine=args.engine,
-        precision=sidecar["precision"],
-        batch=sidecar["batch"],
-        width=int(sidecar["model"]["width"]),
-        height=int(sidecar["model"]["height"]),
-        images_dir=Path(args.images),
-        reference=reference,
-        max_map_drop=args.max_map_drop,
-    )
+    # On an accelerator, so as not to run beside another job's timing there.
+    on_accelerator = sidecar["device"].get("kind", "cpu") != "cpu"
+    with DEVICE_LOCK.held() if on_accelerator else contextlib.nullcontext():
+        record, coco_results, detections = score_engine(
+            get_backend(args.engine).load(args.engine_file),
+            model=args.model,
+            engine=args.engine,
+            precision=sidecar["precision"],
+            batch=sidecar["batch"],
+            width=int(sidecar["model"]["width"]),
+            height=int(sidecar["model"]["height"]),
+            images_dir=Path(args.images),
+            reference=reference,
+            max_map_drop=args.max_map_drop,
+        )
     if args.draw_dir:
         label = f"{args.engine} {sidecar['precision']}"
         draw_examples(detections, reference, Path(args.images), label, args.draw, Path(args.draw_dir))
@@ -282,12 +292,14 @@ def cmd_compare(args: argparse.Namespace) -> None:
 
 def cmd_device(args: argparse.Namespace) -> None:
     from yoloforge.backends import BACKENDS, PRECISIONS
+    from yoloforge.device_lock import DEVICE_LOCK
     from yoloforge.files import write_json
     from yoloforge.probe import describe, probe_device
 
-    report = probe_device(
-        args.engine or list(BACKENDS), args.precision or list(PRECISIONS), not args.no_ceilings
-    )
+    with DEVICE_LOCK.held():
+        report = probe_device(
+            args.engine or list(BACKENDS), args.precision or list(PRECISIONS), not args.no_ceilings
+        )
     if args.output:
         write_json(args.output, report)
     sys.stdout.write(describe(report))

@@ -76,6 +76,12 @@ def build_times_kernels(engine: str, options: dict[str, Any]) -> bool:
     return facts(engine).builds_time_kernels(options)
 
 
+def build_holds_device(engine: str, options: dict[str, Any]) -> bool:
+    """Whether building `engine` with these config options needs the device from start to end;
+    builds that time kernels but compile off the device overlap, serialized by the device lock."""
+    return facts(engine).builds_hold_device(options)
+
+
 def _option_description(option: BuildOption) -> str:
     default = option.default
     if isinstance(default, dict):
@@ -153,6 +159,7 @@ __all__ = [
     "EngineFacts",
     "Runner",
     "baselines",
+    "build_holds_device",
     "build_times_kernels",
     "engines_schema",
     "engines_schema_text",

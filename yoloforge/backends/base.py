@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import numpy as np
 
 from yoloforge.device import cpu_fingerprint, fingerprint_id
+from yoloforge.device_lock import DEVICE_LOCK
 from yoloforge.errors import YoloforgeError
 from yoloforge.files import atomic_output, sha256_file, write_json
 from yoloforge.flops import onnx_flops_per_image
@@ -68,6 +69,9 @@ class EngineFacts:
     # Whether its build times kernels on the device, so that builds must not overlap: True, or the
     # name of a boolean build option that switches it (a build that leaves it unset counts as on).
     times_kernels: bool | str = False
+    # Whether such a build holds the device lock (device_lock) only while it runs kernels, not
+    # while it compiles, so that its builds can overlap and still time alone.
+    compiles_off_device: bool = False
     options: Mapping[str, BuildOption] = field(default_factory=dict)
     # Rows on these device kinds are compared with this engine at fp32 (the table's speedup).
     baseline_on: tuple[str, ...] = ()
@@ -79,6 +83,10 @@ class EngineFacts:
         if isinstance(self.times_kernels, bool):
             return self.times_kernels
         return str(options.get(self.times_kernels, True)).lower() == "true"
+
+    def builds_hold_device(self, options: Mapping[str, Any]) -> bool:
+        """Whether such a build needs the device to itself from start to end."""
+        return self.builds_time_kernels(options) and not self.compiles_off_device
 
 
 @dataclass
@@ -201,7 +209,7 @@ class Backend(ABC):
         reason = self.unavailable_reason(request.precision)
         if reason:
             raise YoloforgeError(f"{self.name} {request.precision} is unavailable: {reason}", request.output)
-        start = time.perf_counter()
+        start, waited = time.perf_counter(), DEVICE_LOCK.waited_seconds
         # Engine and sidecar are both written in full before either is renamed into place, so a
         # failure (a full disk, say) leaves any previous pair as it was.
         with atomic_output(request.output) as partial:
@@ -225,6 +233,8 @@ class Backend(ABC):
                 "libraries": self.library_versions(),
                 "build_flags": flags,
                 "build_seconds": build_seconds,
+                # Part of build_seconds: builds that overlap wait for each other's timing.
+                "device_wait_seconds": round(DEVICE_LOCK.waited_seconds - waited, 3),
                 "check": check,
             }
             write_json(sidecar_path(request.output), sidecar)

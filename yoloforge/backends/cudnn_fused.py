@@ -24,6 +24,7 @@ FP16 chain's; the plans file records each chain's FP8 outcome and why.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 import io
@@ -41,6 +42,7 @@ from yoloforge.backends.base import BuildOption, BuildRequest, EngineFacts, Runn
 from yoloforge.backends.calibration import cached_activation_ranges
 from yoloforge.backends.torch_backend import _configure, _module_for, _TorchBackend, _TorchRunner
 from yoloforge.backends.torch_graph import ConvChain, chain_in_torch
+from yoloforge.device_lock import DEVICE_LOCK
 from yoloforge.errors import YoloforgeError
 from yoloforge.files import write_json
 
@@ -74,7 +76,9 @@ class CudnnChains:
     otherwise each chain runs the plan recorded for it. `ranges` (fp8 engines) is each chain's
     calibrated input range, by chain name. `timings` (build) is the timing cache: the FP16 or
     BF16 choice of earlier builds on this device by signature, reused where cuDNN still lists the
-    plan; the build adds its own timings to it."""
+    plan; the build adds its own timings to it. `shape_generic`: graphs with dynamic shapes that
+    share one cuDNN kernel cache, so a kernel compiled for one chain is reused by every chain of
+    the same kind, whatever its shape (shorter builds; the kernels may be slower)."""
 
     def __init__(
         self,
@@ -82,6 +86,7 @@ class CudnnChains:
         plans: dict[str, dict[str, Any]] | None = None,
         ranges: dict[str, float] | None = None,
         timings: dict[str, dict[str, Any]] | None = None,
+        shape_generic: bool = False,
     ) -> None:
         import cudnn
         import torch
@@ -95,6 +100,7 @@ class CudnnChains:
         self.ranges = ranges
         self.timings: dict[str, dict[str, Any]] = {} if timings is None else timings
         self.reused_timings = 0
+        self.kernel_cache = cudnn.create_kernel_cache() if shape_generic else None
         self._runs: dict[str, Any] = {}
         self._fp8_operands: dict[str, tuple[Any, Any, float]] = {}
 
@@ -105,6 +111,8 @@ class CudnnChains:
             x, kernel = _channels_last(x), _channels_last(kernel)
             residual = None if residual is None else _channels_last(residual)
             key = _signature(chain, x, kernel, residual)
+            if self.kernel_cache is not None:
+                key = f"shape-generic {key}"
             if key not in self._runs:
                 self._runs[key] = self._prepare(key, chain, unfused, x, kernel, bias, residual)
             return self._runs[key](chain, x, kernel, bias, residual)
@@ -146,6 +154,7 @@ class CudnnChains:
             intermediate_data_type=cudnn.data_type.FLOAT,
             compute_data_type=cudnn.data_type.FLOAT,
             handle=self.handle,
+            kernel_cache=self.kernel_cache,
         )
         tensors = {
             "x": graph.tensor(name="x", dim=list(x.shape), stride=list(x.stride()), data_type=self.io_type),
@@ -214,16 +223,26 @@ class CudnnChains:
 
         from yoloforge.backends.triton_chain import run_chain
 
-        def execute(chain, x, kernel, bias, residual=None):
+        def execute(chain, x, kernel, bias, residual=None, compile_only=False):
             operands = (
                 self._fp8_operands_of(chain, kernel) if fp8 else (kernel.permute(0, 2, 3, 1), None, None)
             )
             shape, stride = _output_layout(chain, x, kernel)
             y = torch.empty_strided(shape, stride, dtype=x.dtype, device=x.device)
-            run_chain(chain, config, x, *operands, bias, residual, y)
+            run_chain(chain, config, x, *operands, bias, residual, y, compile_only=compile_only)
             return y
 
         return execute
+
+    @staticmethod
+    def _compile_off_device(executes: dict[Any, Any], arguments) -> None:
+        """Compile the Triton executors among `executes` for these arguments without holding the
+        device, as cuDNN's plans are built; their first timed run then finds them compiled. One
+        that fails to compile fails again in its screening, which records why."""
+        with DEVICE_LOCK.released():
+            for execute in executes.values():
+                with contextlib.suppress(Exception):
+                    execute(*arguments, compile_only=True)
 
     def _fp8_operands_of(self, chain: ConvChain, kernel) -> tuple[Any, Any, float]:
         """The chain's FP8 weights, dequantization factors and activation scale, made once (at
@@ -278,14 +297,20 @@ class CudnnChains:
         except Exception as error:  # noqa: BLE001 - cuDNN raises several types for "not supported"
             count = 0
             best[1]["why"] = f"no cuDNN plan: {_first_line(error)}"
+        # Building a plan compiles its kernel on the CPU: other builds may time meanwhile.
+        with DEVICE_LOCK.released():
+            for index in range(count):
+                try:
+                    graph.build_plan_at_index(index)
+                except Exception as error:  # noqa: BLE001 - a plan that does not build is no candidate
+                    failures[index] = _first_line(error)
         for index in range(count):
-            try:
-                graph.build_plan_at_index(index)
+            if index not in failures:
                 executes[index] = self._executor(graph, tensors, index, chain)
-            except Exception as error:  # noqa: BLE001 - a plan that does not build is no candidate
-                failures[index] = _first_line(error)
         narrow = _narrow_configs(chain, x, kernel)
-        executes.update({("triton", config): self._triton_executor(config, fp8=False) for config in narrow})
+        triton_executes = {("triton", config): self._triton_executor(config, fp8=False) for config in narrow}
+        self._compile_off_device(triton_executes, arguments)
+        executes.update(triton_executes)
         timed, failed = time_candidates(
             {label: functools.partial(execute, *arguments) for label, execute in executes.items()}
         )
@@ -324,6 +349,7 @@ class CudnnChains:
             config: self._triton_executor(config, fp8=True)
             for config in configs_for(x.shape[1], kernel.shape[0])
         }
+        self._compile_off_device(executes, arguments)
         timed, failures = time_candidates(
             {config: functools.partial(execute, *arguments) for config, execute in executes.items()}
         )
@@ -412,7 +438,9 @@ def read_timings(path: Path) -> dict[str, dict[str, Any]]:
 
 
 def write_timings(path: Path, timings: dict[str, dict[str, Any]]) -> None:
-    write_json(path, {"kernels": _kernels_version(), "timings": timings})
+    """Add `timings` to the cache at `path`, keeping what builds that ran alongside wrote to it
+    (the caller holds the device lock, as they did)."""
+    write_json(path, {"kernels": _kernels_version(), "timings": {**read_timings(path), **timings}})
 
 
 def _ignoring_chain(function):
@@ -582,13 +610,20 @@ class CudnnFusedBackend(_TorchBackend):
         extras=("torch", "cudnn"),
         family="cudnn",
         times_kernels=True,
+        compiles_off_device=True,
         options={
             "compile": BuildOption(
                 bool,
                 "torch.compile the operators around the fused chains (routes, upsampling, YOLO heads)"
                 " at each load",
                 default=True,
-            )
+            ),
+            "shape_generic_kernels": BuildOption(
+                bool,
+                "compile each kind of chain's cuDNN kernels once, for any shape (cuDNN's kernel cache):"
+                " shorter builds, and kernels that may be slower than those compiled per shape",
+                default=False,
+            ),
         },
     )
 
@@ -629,6 +664,7 @@ class CudnnFusedBackend(_TorchBackend):
         # torch.compile fuses the heads' many elementwise kernels into a few, which pays at batch
         # 1, for seconds of compiling at each load.
         flags["compile"] = self.option(request, "compile", "cuda")
+        flags["shape_generic_kernels"] = self.option(request, "shape_generic_kernels", "cuda")
         _configure(flags)
         ranges = None
         if flags.get("fp8"):
@@ -636,7 +672,12 @@ class CudnnFusedBackend(_TorchBackend):
             flags.update(calibration)
         timing_cache = request.output.parent / TIMING_CACHE
         timings = read_timings(timing_cache)
-        chains = CudnnChains(getattr(torch, flags["dtype"]), ranges=ranges, timings=timings)
+        chains = CudnnChains(
+            getattr(torch, flags["dtype"]),
+            ranges=ranges,
+            timings=timings,
+            shape_generic=flags["shape_generic_kernels"],
+        )
         module = _module_for(request.onnx, flags, fuse=chains.fuse)
         # Tuned on a calibration batch: the FP8 output check needs real activations, and the
         # tensor cores' power draw (so their clocks) depends on the data.
@@ -685,7 +726,12 @@ class CudnnFusedBackend(_TorchBackend):
                     onnx = Path(scratch) / ENGINE_MEMBERS[0]
                     with archive.open(ENGINE_MEMBERS[0]) as source, onnx.open("wb") as target:
                         shutil.copyfileobj(source, target)
-                    chains = CudnnChains(getattr(torch, flags["dtype"]), plans, ranges)
+                    chains = CudnnChains(
+                        getattr(torch, flags["dtype"]),
+                        plans,
+                        ranges,
+                        shape_generic=flags.get("shape_generic_kernels", False),
+                    )
                     module = _module_for(onnx, flags, fuse=chains.fuse)
         except (zipfile.BadZipFile, KeyError, json.JSONDecodeError) as error:
             raise YoloforgeError(f"not a cudnn-fused engine file: {error}", engine) from None

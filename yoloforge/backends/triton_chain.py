@@ -152,12 +152,22 @@ def emulated_fuser(ranges: dict[str, float]):
 
 
 def run_chain(
-    chain: ConvChain, config, x, weights, dequant, input_scale: float | None, bias, residual, y
+    chain: ConvChain,
+    config,
+    x,
+    weights,
+    dequant,
+    input_scale: float | None,
+    bias,
+    residual,
+    y,
+    compile_only: bool = False,
 ) -> None:
     """y (channels-last) = the chain of x (channels-last, FP16 or BF16), with `weights` laid out
     [K][kh][kw][C]. In FP8 they come from quantize_weights and dequant[k] = activation scale *
     weight scale of output k; in x's own type (input_scale and dequant None) they are
-    kernel.permute(0, 2, 3, 1) of the chain's channels-last kernel."""
+    kernel.permute(0, 2, 3, 1) of the chain's channels-last kernel. `compile_only`: compile the
+    kernel for these arguments, run nothing."""
     import triton
 
     batch, channels, height, width = x.shape
@@ -165,7 +175,8 @@ def run_chain(
     block_m, block_n, block_k, warps, stages = config
     pixels = batch * out_h * out_w
     grid = (triton.cdiv(pixels, block_m) * triton.cdiv(outputs, block_n),)
-    _kernel()[grid](
+    kernel = _kernel()
+    (functools.partial(kernel.warmup, grid=grid) if compile_only else kernel[grid])(
         x,
         weights,
         bias if dequant is None else dequant,
