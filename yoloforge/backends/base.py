@@ -186,6 +186,10 @@ class Backend(ABC):
         """What an engine is valid on; CPU engines: the CPU and the engine library's version."""
         return {**cpu_fingerprint(), **self.library_versions()}
 
+    def _load_to_check(self, engine: Path, flags: dict[str, Any]) -> Runner:
+        """The new engine as the build's output check runs it."""
+        return self._load(engine, {"build_flags": flags})
+
     @abstractmethod
     def _build(self, request: BuildRequest) -> dict[str, Any]:
         """Write the engine to request.output; return build flags for the sidecar."""
@@ -217,7 +221,7 @@ class Backend(ABC):
             build_seconds = time.perf_counter() - start
             engine_sha256 = sha256_file(partial)
             engine_bytes = partial.stat().st_size
-            check = output_check(request, lambda: self._load(partial, {"build_flags": flags}))
+            check = output_check(request, lambda: self._load_to_check(partial, flags))
             sidecar = {
                 "model": onnx_metadata(request.onnx),
                 # Counted once here rather than by every timing round: shape inference of a
@@ -323,8 +327,9 @@ def output_check(request: BuildRequest, load: Callable[[], Runner]) -> dict[str,
     count = -(-CHECK_IMAGES // request.batch) * request.batch
     batches = calibration_batches(replace(request, calibration=request.check_images[:count]), request.batch)
     images = np.concatenate(batches)[:CHECK_IMAGES]
-    session = onnxruntime.InferenceSession(os.fspath(request.onnx), providers=["CPUExecutionProvider"])
-    reference = session.run(None, {"images": images})[0]
+    with DEVICE_LOCK.released():  # the CPU's work: builds alongside may time meanwhile
+        session = onnxruntime.InferenceSession(os.fspath(request.onnx), providers=["CPUExecutionProvider"])
+        reference = session.run(None, {"images": images})[0]
     runner = load()
     detections = np.concatenate([np.asarray(runner.infer(batch), dtype=np.float32) for batch in batches])
     detections = detections[:CHECK_IMAGES]
