@@ -150,12 +150,13 @@ class CudnnChains:
         """The operation graph of `chain` for these tensors, with its candidate plans listed."""
         import cudnn
 
+        shared = {} if self.kernel_cache is None else {"kernel_cache": self.kernel_cache}
         graph = cudnn.pygraph(
             io_data_type=self.io_type,
             intermediate_data_type=cudnn.data_type.FLOAT,
             compute_data_type=cudnn.data_type.FLOAT,
             handle=self.handle,
-            kernel_cache=self.kernel_cache,
+            **shared,
         )
         tensors = {
             "x": graph.tensor(name="x", dim=list(x.shape), stride=list(x.stride()), data_type=self.io_type),
