@@ -46,11 +46,12 @@ from yoloforge.device_lock import DEVICE_LOCK
 from yoloforge.errors import YoloforgeError
 from yoloforge.files import write_json
 
-# Every plan of cuDNN's heuristics (and every tile shape of the FP8 kernel) is run once; the
-# SCREENED fastest of those are then timed by replay. Slow plans at a large batch take
-# milliseconds a run, and a replay timing runs each ~150 times: timing them all in full would
-# take minutes a chain.
+# Every plan of cuDNN's heuristics (and every tile shape of the Triton kernel) is screened by
+# SCREEN_RUNS runs replayed once from a CUDA graph; the SCREENED fastest of those are then timed
+# by replay. Slow plans at a large batch take milliseconds a run, and a replay timing runs each
+# ~150 times: timing them all in full would take minutes a chain.
 SCREENED = 4
+SCREEN_RUNS = 2
 # A chain's FP8 output may differ from its FP16 output by this root-mean-square share of the
 # FP16 output's. E4M3 keeps 3 mantissa bits: per-tensor rounding of input and weights alone
 # leaves a few hundredths.
@@ -378,13 +379,16 @@ class CudnnChains:
 
 
 def time_candidates(runs: dict[Any, Callable[[], Any]]) -> tuple[list[tuple[float, Any]], dict[Any, str]]:
-    """Each of `runs` (label -> function) run once, a screening; the SCREENED fastest of those
-    then timed by replay. Returns ([(milliseconds, label)] fastest first, {label: why} for the
-    runs that raised)."""
+    """Each of `runs` (label -> function) screened by one short replay; the SCREENED fastest of
+    those then timed by a full one. Returns ([(milliseconds, label)] fastest first, {label: why}
+    for the runs that raised). A screening timed around one launch from Python measures the host
+    as much as the kernel at batch 1, and more so on a busy CPU: it ranked chains' plans
+    differently from build to build, and never shortlisted the Triton kernel, whose launch from
+    Python takes longest."""
     screened, failures = [], {}
     for label, run in runs.items():
         try:
-            screened.append((_single_run_ms(run), label))
+            screened.append((_replayed_ms(run, runs=SCREEN_RUNS, samples=1, warmups=1), label))
         except Exception as error:  # noqa: BLE001 - a candidate that does not run is none
             failures[label] = _first_line(error)
     shortlist = [label for _, label in sorted(screened, key=lambda entry: entry[0])[:SCREENED]]
@@ -551,43 +555,37 @@ def _output_layout(chain: ConvChain, x, kernel) -> tuple[tuple[int, ...], tuple[
     return shape, _packed_channels_last(shape)
 
 
-def _single_run_ms(run) -> float:
-    """Device milliseconds of one `run` after one untimed run: a screening, not a timing."""
-    import torch
-
-    run()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    run()
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end)
-
-
 def _replay_ms(run) -> float:
     """Device milliseconds of one `run`, from TIMED_RUNS of it captured into one CUDA graph."""
+    return _replayed_ms(run, runs=TIMED_RUNS, samples=5)
+
+
+def _replayed_ms(run, runs: int, samples: int, warmups: int = 3) -> float:
+    """Device milliseconds of one `run`: `runs` of it captured into one CUDA graph after `warmups`
+    outside it (a run that fails, fails there, before any capture), the median of `samples`
+    timed replays after one untimed."""
     import torch
 
     side = torch.cuda.Stream()
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
-        for _ in range(3):
+        for _ in range(warmups):
             run()
     torch.cuda.current_stream().wait_stream(side)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
-        for _ in range(TIMED_RUNS):
+        for _ in range(runs):
             run()
     graph.replay()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    samples = []
-    for _ in range(5):
+    timed = []
+    for _ in range(samples):
         start.record()
         graph.replay()
         end.record()
         end.synchronize()
-        samples.append(start.elapsed_time(end) / TIMED_RUNS)
-    return sorted(samples)[len(samples) // 2]
+        timed.append(start.elapsed_time(end) / runs)
+    return sorted(timed)[len(timed) // 2]
 
 
 @functools.cache
