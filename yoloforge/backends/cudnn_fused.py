@@ -77,9 +77,7 @@ class CudnnChains:
     otherwise each chain runs the plan recorded for it. `ranges` (fp8 engines) is each chain's
     calibrated input range, by chain name. `timings` (build) is the timing cache: the FP16 or
     BF16 choice of earlier builds on this device by signature, reused where cuDNN still lists the
-    plan; the build adds its own timings to it. `shape_generic`: graphs with dynamic shapes that
-    share one cuDNN kernel cache, so a kernel compiled for one chain is reused by every chain of
-    the same kind, whatever its shape (shorter builds; the kernels may be slower)."""
+    plan; the build adds its own timings to it."""
 
     def __init__(
         self,
@@ -87,7 +85,6 @@ class CudnnChains:
         plans: dict[str, dict[str, Any]] | None = None,
         ranges: dict[str, float] | None = None,
         timings: dict[str, dict[str, Any]] | None = None,
-        shape_generic: bool = False,
     ) -> None:
         import cudnn
         import torch
@@ -101,7 +98,6 @@ class CudnnChains:
         self.ranges = ranges
         self.timings: dict[str, dict[str, Any]] = {} if timings is None else timings
         self.reused_timings = 0
-        self.kernel_cache = cudnn.create_kernel_cache() if shape_generic else None
         self._runs: dict[str, Any] = {}
         self._fp8_operands: dict[str, tuple[Any, Any, float]] = {}
 
@@ -112,8 +108,6 @@ class CudnnChains:
             x, kernel = _channels_last(x), _channels_last(kernel)
             residual = None if residual is None else _channels_last(residual)
             key = _signature(chain, x, kernel, residual)
-            if self.kernel_cache is not None:
-                key = f"shape-generic {key}"
             if key not in self._runs:
                 self._runs[key] = self._prepare(key, chain, unfused, x, kernel, bias, residual)
             return self._runs[key](chain, x, kernel, bias, residual)
@@ -151,13 +145,11 @@ class CudnnChains:
         """The operation graph of `chain` for these tensors, with its candidate plans listed."""
         import cudnn
 
-        shared = {} if self.kernel_cache is None else {"kernel_cache": self.kernel_cache}
         graph = cudnn.pygraph(
             io_data_type=self.io_type,
             intermediate_data_type=cudnn.data_type.FLOAT,
             compute_data_type=cudnn.data_type.FLOAT,
             handle=self.handle,
-            **shared,
         )
         tensors = {
             "x": graph.tensor(name="x", dim=list(x.shape), stride=list(x.stride()), data_type=self.io_type),
@@ -617,13 +609,7 @@ class CudnnFusedBackend(_TorchBackend):
                 "torch.compile the operators around the fused chains (routes, upsampling, YOLO heads)"
                 " at each load",
                 default=True,
-            ),
-            "shape_generic_kernels": BuildOption(
-                bool,
-                "compile each kind of chain's cuDNN kernels once, for any shape (cuDNN's kernel cache):"
-                " shorter builds, and kernels that may be slower than those compiled per shape",
-                default=False,
-            ),
+            )
         },
     )
 
@@ -664,7 +650,6 @@ class CudnnFusedBackend(_TorchBackend):
         # torch.compile fuses the heads' many elementwise kernels into a few, which pays at batch
         # 1, for seconds of compiling at each load.
         flags["compile"] = self.option(request, "compile", "cuda")
-        flags["shape_generic_kernels"] = self.option(request, "shape_generic_kernels", "cuda")
         _configure(flags)
         ranges = None
         if flags.get("fp8"):
@@ -672,12 +657,7 @@ class CudnnFusedBackend(_TorchBackend):
             flags.update(calibration)
         timing_cache = request.output.parent / TIMING_CACHE
         timings = read_timings(timing_cache)
-        chains = CudnnChains(
-            getattr(torch, flags["dtype"]),
-            ranges=ranges,
-            timings=timings,
-            shape_generic=flags["shape_generic_kernels"],
-        )
+        chains = CudnnChains(getattr(torch, flags["dtype"]), ranges=ranges, timings=timings)
         module = _module_for(request.onnx, flags, fuse=chains.fuse)
         # Tuned on a calibration batch: the FP8 output check needs real activations, and the
         # tensor cores' power draw (so their clocks) depends on the data.
@@ -732,12 +712,7 @@ class CudnnFusedBackend(_TorchBackend):
                     onnx = Path(scratch) / ENGINE_MEMBERS[0]
                     with archive.open(ENGINE_MEMBERS[0]) as source, onnx.open("wb") as target:
                         shutil.copyfileobj(source, target)
-                    chains = CudnnChains(
-                        getattr(torch, flags["dtype"]),
-                        plans,
-                        ranges,
-                        shape_generic=flags.get("shape_generic_kernels", False),
-                    )
+                    chains = CudnnChains(getattr(torch, flags["dtype"]), plans, ranges)
                     module = _module_for(onnx, flags, fuse=chains.fuse)
         except (zipfile.BadZipFile, KeyError, json.JSONDecodeError) as error:
             raise YoloforgeError(f"not a cudnn-fused engine file: {error}", engine) from None
