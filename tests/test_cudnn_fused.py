@@ -184,6 +184,78 @@ def test_timing_cache_keeps_what_a_build_alongside_wrote(tmp_path):
     assert cudnn_fused.read_timings(path) == {**first, **second}
 
 
+@pytest.fixture(scope="module")
+def tiny_detections(tiny_weights, tmp_path_factory) -> np.ndarray:
+    """yolov3-tiny's official weights' raw rows on three real photos (ONNX Runtime FP32)."""
+    onnx_path = tmp_path_factory.mktemp("tiny") / "tiny-320.onnx"
+    convert(MODELS / "yolov3-tiny.cfg", tiny_weights, onnx_path, (320, 320))
+    return onnx_detections(onnx_path, real_photo_batch(320, 320))
+
+
+class ChainsOverRows:
+    """The FP8 side of CudnnChains (chains_in_fp8, choose) over fixed detection rows: each chain in
+    FP8 widens every box by its error, so the engine's detections drift as chains go to FP8."""
+
+    def __init__(self, rows: np.ndarray, errors: dict[str, float]) -> None:
+        self.rows, self.errors = rows, errors
+        self.precision = dict.fromkeys(errors, "fp8")
+        self.why: dict[str, str | None] = {}
+        self.detected_with: list[list[str]] = []
+
+    def chains_in_fp8(self) -> list[str]:
+        return sorted((k for k, p in self.precision.items() if p == "fp8"), key=lambda k: -self.errors[k])
+
+    def choose(self, key: str, precision: str, why: str | None = None) -> None:
+        self.precision[key], self.why[key] = precision, why
+
+    def detect(self) -> list[np.ndarray]:
+        in_fp8 = sorted(self.chains_in_fp8())
+        self.detected_with.append(in_fp8)
+        rows = self.rows.copy()
+        rows[..., 2:4] *= 1 + sum(self.errors[key] for key in in_fp8)
+        return list(rows)
+
+
+def test_fp8_chains_go_back_to_fp16_until_the_detections_hold(tiny_detections):
+    from yoloforge.backends.cudnn_fused import FP8_AGREEMENT, hold_fp8_to_fp16_detections
+
+    # Boxes widened by 1.5 keep under half their overlap (1/1.5^2), by 1.2 over two thirds: with
+    # all three chains, or all but the worst, the detections move; without the two worst they hold.
+    chains = ChainsOverRows(tiny_detections, {"worst": 0.5, "middle": 0.3, "least": 0.2})
+    found = hold_fp8_to_fp16_detections(chains, chains.detect)
+    assert found["chains_checked"] == 3 and found["chains_returned_to_fp16"] == 2, found
+    assert found["agreement_map50_with_fp16"] >= FP8_AGREEMENT
+    assert chains.precision == {"worst": "fp16", "middle": "fp16", "least": "fp8"}
+    assert "under 0.99" in chains.why["worst"] and "under 0.99" in chains.why["middle"]
+    # The reference is the engine with no chain in FP8; then the worst chains leave one by one.
+    assert chains.detected_with == [[], ["least", "middle", "worst"], ["least", "middle"], ["least"]]
+
+
+def test_fp8_chains_that_keep_the_detections_stay(tiny_detections):
+    from yoloforge.backends.cudnn_fused import hold_fp8_to_fp16_detections
+
+    chains = ChainsOverRows(tiny_detections, {"a": 0.05, "b": 0.02})
+    found = hold_fp8_to_fp16_detections(chains, chains.detect)
+    assert found["chains_returned_to_fp16"] == 0 and found["agreement_map50_with_fp16"] == 1.0
+    assert chains.precision == {"a": "fp8", "b": "fp8"}
+    nothing = ChainsOverRows(tiny_detections, {})
+    assert hold_fp8_to_fp16_detections(nothing, nothing.detect) == {"chains_checked": 0}
+    assert nothing.detected_with == []
+
+
+def test_agreement_of_raw_rows_is_scored_as_accuracy_jobs_score_it(tiny_detections):
+    from yoloforge.accuracy import rows_agreement_map50
+
+    rows = list(tiny_detections)
+    assert rows_agreement_map50(rows, rows) == 1.0
+    shifted = [r.copy() for r in rows]
+    for r in shifted:
+        r[:, 0] += 0.5  # every box half the image to the right: nothing overlaps
+    assert rows_agreement_map50(rows, shifted) == 0.0
+    empty = [np.zeros_like(r) for r in rows]
+    assert rows_agreement_map50(empty, rows) is None
+
+
 needs_gpu = pytest.mark.skipif(
     get_backend("cudnn-fused").unavailable_reason("fp16") is not None,
     reason=f"cudnn-fused cannot run here: {get_backend('cudnn-fused').unavailable_reason('fp16')}",

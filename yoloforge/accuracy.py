@@ -108,6 +108,15 @@ def detect(runner: Runner, paths: list[Path], width: int, height: int, batch: in
     return result
 
 
+def rows_agreement_map50(reference: list[np.ndarray], candidate: list[np.ndarray]) -> float | None:
+    """Agreement mAP@0.5 of one engine's raw rows [boxes, 5 + classes] per image against another's
+    on the same inputs, as score_engine scores it: the reference's deployed boxes as the truth,
+    the candidate's ranked down to MAP_SCORE_THRESHOLD. None where the reference finds nothing."""
+    ranked = [decode(rows, MAP_SCORE_THRESHOLD, DEPLOY_IOU_THRESHOLD) for rows in candidate]
+    truth = [decode(rows, MAP_SCORE_THRESHOLD, DEPLOY_IOU_THRESHOLD) for rows in reference]
+    return mean_average_precision([above(boxes, DEPLOY_SCORE_THRESHOLD) for boxes in truth], ranked)
+
+
 def _boxes_to_json(boxes: Boxes) -> list[list[float]]:
     return [
         [*np.round(xyxy, 2).tolist(), round(float(score), 5), int(cls)]

@@ -56,6 +56,10 @@ SCREEN_RUNS = 2
 # FP16 output's. E4M3 keeps 3 mantissa bits: per-tensor rounding of input and weights alone
 # leaves a few hundredths.
 FP8_TOLERANCE = 0.06
+# The fp8 engine's detections on the calibration images must agree with its own FP16 ones at
+# least this well (agreement mAP@0.5): a chain within FP8_TOLERANCE stands for every layer of its
+# shape, and their errors compound through a deep network.
+FP8_AGREEMENT = 0.99
 # Executions per timing, replayed from one CUDA graph: a chain takes microseconds at batch 1,
 # less than a launch from Python, so only a replay times the kernel rather than the host.
 TIMED_RUNS = 20
@@ -99,6 +103,9 @@ class CudnnChains:
         self.timings: dict[str, dict[str, Any]] = {} if timings is None else timings
         self.reused_timings = 0
         self._runs: dict[str, Any] = {}
+        # Chains the tuning put in FP8: their FP16/BF16 record and function, to go back to.
+        self._fp16_choices: dict[str, tuple[dict[str, Any], Any]] = {}
+        self._fp8_choices: dict[str, tuple[dict[str, Any], Any]] = {}
         self._fp8_operands: dict[str, tuple[Any, Any, float]] = {}
 
     def fuse(self, chain: ConvChain):
@@ -272,12 +279,26 @@ class CudnnChains:
         if self.ranges is not None:
             fp8, outcome = self._tune_fp8(chain, unfused_executor, arguments, record["ms"])
             if fp8 is not None:
+                self._fp16_choices[key] = ({**record, "fp8": {**outcome, "used": False}}, run)
                 milliseconds, config, run = fp8
                 record = {field: value for field, value in record.items() if field not in ("name", "why")}
                 record.update(plan="fp8", config=list(config), ms=round(milliseconds, 5))
+                self._fp8_choices[key] = ({**record, "fp8": outcome}, run)
             record["fp8"] = outcome
         log.info("%s: %s", chain.name, record)
         return record, run
+
+    def chains_in_fp8(self) -> list[str]:
+        """The chains now in FP8, the largest FP8 error first."""
+        keys = [key for key, plan in self.plans.items() if plan["plan"] == "fp8"]
+        return sorted(keys, key=lambda key: -self.plans[key]["fp8"]["relative_error"])
+
+    def choose(self, key: str, precision: str, why: str | None = None) -> None:
+        """Run the FP8-tuned chain `key` in "fp8" or (its FP16/BF16 choice) "fp16" from now on;
+        `why` it does not run in FP8 goes to its plan record."""
+        record, run = (self._fp8_choices if precision == "fp8" else self._fp16_choices)[key]
+        self.plans[key] = record if why is None else {**record, "fp8": {**record["fp8"], "why": why}}
+        self._runs[key] = run
 
     def _time(self, chain: ConvChain, unfused, arguments, residual):
         """Time the torch operations and every cuDNN plan (time_candidates): the fastest as a
@@ -368,6 +389,36 @@ class CudnnChains:
         if milliseconds >= fp16_ms:
             return None, {**outcome, "used": False, "why": "slower than FP16"}
         return (milliseconds, config, executes[config]), {**outcome, "used": True}
+
+
+def hold_fp8_to_fp16_detections(chains, detect: Callable[[], list[Any]]) -> dict[str, Any]:
+    """Return chains from FP8 to FP16/BF16, the largest FP8 error first, until the engine's
+    detections (`detect`: raw rows per calibration image) agree with those of its chains all in
+    FP16 at FP8_AGREEMENT. `chains`: chains_in_fp8() and choose(key, precision, why), as
+    CudnnChains. Returns what the check found, for the sidecar."""
+    from yoloforge.accuracy import rows_agreement_map50
+
+    in_fp8 = chains.chains_in_fp8()
+    if not in_fp8:
+        return {"chains_checked": 0}
+    for key in in_fp8:
+        chains.choose(key, "fp16")
+    reference = detect()
+    for key in in_fp8:
+        chains.choose(key, "fp8")
+    returned = 0
+    while True:
+        agreement = rows_agreement_map50(reference, detect())
+        if agreement is None or agreement >= FP8_AGREEMENT or returned == len(in_fp8):
+            break
+        why = f"the engine's detections agreed at {agreement:.3f} with FP16's, under {FP8_AGREEMENT}"
+        chains.choose(in_fp8[returned], "fp16", why)
+        returned += 1
+    return {
+        "chains_checked": len(in_fp8),
+        "chains_returned_to_fp16": returned,
+        "agreement_map50_with_fp16": agreement,
+    }
 
 
 def time_candidates(runs: dict[Any, Callable[[], Any]]) -> tuple[list[tuple[float, Any]], dict[Any, str]]:
@@ -662,12 +713,20 @@ class CudnnFusedBackend(_TorchBackend):
         # Tuned on a calibration batch: the FP8 output check needs real activations, and the
         # tensor cores' power draw (so their clocks) depends on the data.
         if request.calibration:
-            example = torch.from_numpy(calibration_batches(request, request.batch)[0]).cuda()
+            images = [torch.from_numpy(batch) for batch in calibration_batches(request, request.batch)]
         else:
-            example = torch.zeros((request.batch, *module.image_shape), device="cuda")
+            images = [torch.zeros((request.batch, *module.image_shape))]
+        layout = torch.channels_last
+        batches = [batch.cuda().to(chains.torch_dtype).contiguous(memory_format=layout) for batch in images]
+
+        def detect() -> list[Any]:
+            return [rows for batch in batches for rows in module(batch).float().cpu().numpy()]
+
         with torch.inference_mode():
             # Times every chain's candidates.
-            module(example.to(chains.torch_dtype).contiguous(memory_format=torch.channels_last))
+            module(batches[0])
+            if ranges is not None:
+                flags["fp8_detections_check"] = hold_fp8_to_fp16_detections(chains, detect)
         torch.cuda.synchronize()
         plans = chains.plans
         buffer = io.BytesIO()
