@@ -42,7 +42,7 @@ rule build:
     # cudnn-fused's compile side by side and take the device lock to time.
     resources:
         **target_resources(),
-        gpu=build_holds_device,
+        gpu=build_gpu,
     params:
         options=engine_options,
     shell:

@@ -68,12 +68,18 @@ def engine_options(wildcards):
     return option_arguments(config.get("engine_options", {}).get(wildcards.engine, {}))
 
 
-def build_holds_device(wildcards):
-    """1 for builds that time kernels on the device from start to end, so they never overlap one
-    another; those that compile off the device overlap, their timing serialized by the device lock.
+def build_gpu(wildcards):
+    """The build's `gpu` resource. Run locally (the default profile limits gpu to 1), builds that
+    time kernels from start to end hold it, so they never overlap one another; cudnn-fused's, which
+    take the device lock only to run kernels, do not, and run side by side. Submitted to a cluster
+    (Slurm), gpu=1 is what gives a job a GPU, so every build of an engine that runs on the
+    target's accelerator asks for one.
     """
     options = config.get("engine_options", {}).get(wildcards.engine, {})
-    return int(backends.build_holds_device(wildcards.engine, options))
+    holds = int(backends.build_holds_device(wildcards.engine, options))
+    return (
+        holds if workflow.local_exec else max(holds, engine_on_accelerator(wildcards))
+    )
 
 
 def engine_env(wildcards):

@@ -5,6 +5,7 @@ choices, the pyproject extras and the conda envs must all agree with them."""
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import tomllib
 from pathlib import Path
@@ -154,25 +155,42 @@ def snakemake_workflow(tmp_path_factory):
         yield loaded._workflow
 
 
-def test_the_rules_read_the_facts(snakemake_workflow):
+def test_the_rules_read_the_facts(snakemake_workflow, tmp_path, monkeypatch):
     workflow = snakemake_workflow
     precision = re.compile(workflow.wildcard_constraints["precision"])
     assert [p for p in [*PRECISIONS, "fp64", "fp4"] if precision.fullmatch(p)] == list(PRECISIONS)
-    holds_device = workflow.globals["build_holds_device"]
-    assert workflow.get_rule("build").resources["gpu"]._evaluator is holds_device
+    build_gpu = workflow.globals["build_gpu"]
+    assert workflow.get_rule("build").resources["gpu"]._evaluator is build_gpu
     config = workflow.globals["config"]
     for name, backend in BACKENDS.items():
         declared = backend.facts.times_kernels
         alone = not backend.facts.compiles_off_device
-        wildcards = SimpleNamespace(engine=name)
+        wildcards = SimpleNamespace(engine=name, target="local")
         # Unset, a switch counts as on; set in the config, it decides.
         config["engine_options"] = {}
-        assert holds_device(wildcards) == int(bool(declared) and alone), name
+        assert build_gpu(wildcards) == int(bool(declared) and alone), name
         for value in (True, False):
             config["engine_options"] = {name: {declared: value}} if isinstance(declared, str) else {}
             times = declared is True or (bool(declared) and value)
-            assert holds_device(wildcards) == int(times and alone), name
+            assert build_gpu(wildcards) == int(times and alone), name
     assert any(backend.facts.compiles_off_device for backend in BACKENDS.values())
+
+    # Submitted to a cluster, where gpu=1 is what gives a job a GPU, every build of an engine on
+    # the target's accelerator asks for one: those that compile off the device too.
+    config["engine_options"] = {}
+    (tmp_path / "results" / "device").mkdir(parents=True)
+    kinds = {"cudnn-fused": "cuda", "tensorrt": "cuda", "onnxruntime": "cpu"}
+    probe = {"engines": {name: {"fingerprint": {"kind": kind}} for name, kind in kinds.items()}}
+    (tmp_path / "results" / "device" / "local.json").write_text(json.dumps(probe))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(
+        workflow, "_executor_plugin", SimpleNamespace(common_settings=SimpleNamespace(local_exec=False))
+    )
+    assert {name: build_gpu(SimpleNamespace(engine=name, target="local")) for name in kinds} == {
+        "cudnn-fused": 1,
+        "tensorrt": 1,
+        "onnxruntime": 0,
+    }
 
 
 def test_each_engine_job_runs_in_its_family_env_and_every_env_exists(snakemake_workflow):
