@@ -1,8 +1,9 @@
-"""One process at a time times kernels on a device. Timing jobs, the device probe, accuracy runs
-on an accelerator and builds that time kernels hold its lock; a build may release it while it
-only compiles (cudnn-fused's plans), so several builds share a machine's cores and each still
-times alone. Snakemake's gpu resource keeps jobs apart within one run; this lock also covers
-jobs it lets overlap and runs of other workflows on the same machine."""
+"""One process at a time runs kernels on a device while another times. Timing jobs, the device
+probe, accuracy runs and builds' output checks on an accelerator, and builds that time kernels
+hold its lock; a build may release it while it only compiles (cudnn-fused's plans), so several
+builds share a machine's cores and each still times alone. Snakemake's gpu resource keeps jobs
+apart within one run; this lock also covers jobs it lets overlap and runs of other workflows on
+the same machine."""
 
 from __future__ import annotations
 

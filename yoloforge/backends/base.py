@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -221,7 +222,11 @@ class Backend(ABC):
             build_seconds = time.perf_counter() - start
             engine_sha256 = sha256_file(partial)
             engine_bytes = partial.stat().st_size
-            check = output_check(request, lambda: self._load_to_check(partial, flags))
+            device = self.device_fingerprint()
+            # On an accelerator the check runs the engine there: never beside another job's timing.
+            on_accelerator = device.get("kind", "cpu") != "cpu"
+            with DEVICE_LOCK.held() if on_accelerator else contextlib.nullcontext():
+                check = output_check(request, lambda: self._load_to_check(partial, flags))
             sidecar = {
                 "model": onnx_metadata(request.onnx),
                 # Counted once here rather than by every timing round: shape inference of a
@@ -233,7 +238,7 @@ class Backend(ABC):
                 "onnx_sha256": sha256_file(request.onnx),
                 "engine_sha256": engine_sha256,
                 "engine_bytes": engine_bytes,
-                "device": self.device_fingerprint(),
+                "device": device,
                 "libraries": self.library_versions(),
                 "build_flags": flags,
                 "build_seconds": build_seconds,
