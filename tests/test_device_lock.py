@@ -16,7 +16,7 @@ from yoloforge.errors import YoloforgeError
 # Takes the lock without waiting and reports whether it could: another process's view.
 PROBE = """
 import fcntl, os, sys
-descriptor = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+descriptor = os.open(sys.argv[1], os.O_RDONLY | os.O_CREAT)
 try:
     fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
     print("free")
@@ -52,6 +52,13 @@ def test_held_excludes_other_processes_and_released_lets_them_in(lock_file):
                 assert other_process_sees(lock_file) == "free"
         assert other_process_sees(lock_file) == "taken"
     assert other_process_sees(lock_file) == "free"
+
+
+def test_a_lock_file_that_is_read_only_still_locks(lock_file):
+    lock_file.touch(mode=0o444)
+    with DeviceLock().held():
+        assert other_process_sees(lock_file) == "taken"
+    assert lock_file.stat().st_mode & 0o777 == 0o444
 
 
 def test_released_outside_held_does_nothing(lock_file):

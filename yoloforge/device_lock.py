@@ -59,7 +59,9 @@ class DeviceLock:
         if self._depth == 0:
             path = lock_path()
             try:
-                self._descriptor = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+                # Read-only: flock needs no write access, so a lock file another user made
+                # (with their umask) serves every user of the machine.
+                self._descriptor = os.open(path, os.O_RDONLY | os.O_CREAT, 0o666)
             except OSError as error:
                 raise YoloforgeError(
                     f"cannot open the device lock ({error.strerror}); set YOLOFORGE_DEVICE_LOCK to a"
