@@ -426,8 +426,8 @@ def time_candidates(runs: dict[Any, Callable[[], Any]]) -> tuple[list[tuple[floa
     those then timed by a full one. Returns ([(milliseconds, label)] fastest first, {label: why}
     for the runs that raised). A screening timed around one launch from Python measures the host
     as much as the kernel at batch 1, and more so on a busy CPU: it ranked chains' plans
-    differently from build to build, and never shortlisted the Triton kernel, whose launch from
-    Python takes longest."""
+    differently from build to build, and could leave out the Triton kernel, whose launch from
+    Python takes longest, where it was the fastest."""
     screened, failures = [], {}
     for label, run in runs.items():
         try:
