@@ -18,8 +18,8 @@ from yoloforge.timing import SCOPES, STAGES, TimingBudget
 # The keys of a timing result, in order: the table and the workflow read them.
 RESULT_KEYS = [
     "model", "width", "height", "engine", "precision", "batch", "target", "threads", "rounds",
-    "round_started", "scopes", "flops_per_image", "build_seconds", "engine_bytes", "weights_source",
-    "weights_verified", "images_source", "image_formats", "device", "libraries",
+    "round_started", "round_seconds", "scopes", "flops_per_image", "build_seconds", "engine_bytes",
+    "weights_source", "weights_verified", "images_source", "image_formats", "device", "libraries",
 ]  # fmt: skip
 LATENCY_COLUMNS = [
     "scope", "round", "iteration", "latency_ms", *(f"stage_{stage}_ms" for stage in STAGES),
@@ -57,6 +57,10 @@ def test_a_round_records_its_row_and_every_iteration(engine, images):
         2,
     )
     assert (result["target"], result["rounds"], len(result["round_started"])) == ("t", 2, 1)
+    [phases] = result["round_seconds"]
+    assert list(phases) == ["inputs", "load", "timing"] and all(seconds >= 0 for seconds in phases.values())
+    # The timing phase holds at least the round's budget: its warm-up and its share of seconds.
+    assert phases["timing"] >= 0.01
     assert [scope["scope"] for scope in result["scopes"]] == list(SCOPES)
     # Half of min_iterations per round, in each scope.
     assert all(scope["iterations"] >= 2 for scope in result["scopes"])
@@ -83,6 +87,7 @@ def test_pooling_keeps_every_round_iteration_and_start(engine, images, tmp_path)
     result, latencies = pool(paths)
     assert sorted(result) == sorted(RESULT_KEYS)  # as read back from JSON
     assert result["round_started"] == [start for record in rounds for start in record["round_started"]]
+    assert result["round_seconds"] == [phases for record in rounds for phases in record["round_seconds"]]
     for scope in result["scopes"]:
         per_round = [next(s for s in record["scopes"] if s["scope"] == scope["scope"]) for record in rounds]
         assert scope["iterations"] == sum(s["iterations"] for s in per_round)

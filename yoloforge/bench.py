@@ -81,15 +81,23 @@ def time_round(spec: Round) -> tuple[dict[str, Any], pd.DataFrame]:
             spec.engine_file,
         )
     width, height = int(sidecar["model"]["width"]), int(sidecar["model"]["height"])
+    clock = time.perf_counter()
     paths = image_paths(spec.images)[: spec.batch * spec.rotate]
     letterbox = letterboxes(sidecar["model"], spec.engine_file)
     batches = preprocessed_batches(paths, width, height, spec.batch, spec.rotate, letterbox)
     encoded = [path.read_bytes() for path in paths]  # read before timing: file I/O is not timed
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    # Where a round's time goes besides the timing budget (loading dominates on a GPU).
+    phases = {"inputs": time.perf_counter() - clock}
+    clock = time.perf_counter()
     runner = backend.load(spec.engine_file, spec.onnx)
+    phases["load"] = time.perf_counter() - clock
+    clock = time.perf_counter()
     scopes, latencies = bench_round(
         runner, batches, encoded, width, height, spec.batch, spec.budget.per_round(), spec.index
     )
+    phases["timing"] = time.perf_counter() - clock
+    log.info("round %d: %s", spec.index, ", ".join(f"{name} {spent:.1f}s" for name, spent in phases.items()))
     result = {
         "model": spec.model,
         "width": width,
@@ -101,6 +109,7 @@ def time_round(spec: Round) -> tuple[dict[str, Any], pd.DataFrame]:
         "threads": cpu_threads(),
         "rounds": spec.budget.rounds,
         "round_started": [started],
+        "round_seconds": [{name: round(seconds, 3) for name, seconds in phases.items()}],
         "scopes": scopes,
         "flops_per_image": sidecar.get("flops_per_image"),
         "build_seconds": sidecar["build_seconds"],
@@ -153,6 +162,7 @@ def pool(round_files: list[str | os.PathLike]) -> tuple[dict[str, Any], pd.DataF
     result = {
         **first,
         "round_started": [started for result in rounds for started in result["round_started"]],
+        "round_seconds": [seconds for result in rounds for seconds in result.get("round_seconds", [])],
         "scopes": scopes,
     }
     return result, latencies
