@@ -87,7 +87,7 @@ def time_round(spec: Round) -> tuple[dict[str, Any], pd.DataFrame]:
     batches = preprocessed_batches(paths, width, height, spec.batch, spec.rotate, letterbox)
     encoded = [path.read_bytes() for path in paths]  # read before timing: file I/O is not timed
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
-    # Where a round's time goes besides the timing budget (loading dominates on a GPU).
+    # Where a round's time goes besides the timing budget.
     phases = {"inputs": time.perf_counter() - clock}
     clock = time.perf_counter()
     runner = backend.load(spec.engine_file, spec.onnx)
