@@ -18,8 +18,9 @@ from yoloforge.timing import SCOPES, STAGES, TimingBudget
 # The keys of a timing result, in order: the table and the workflow read them.
 RESULT_KEYS = [
     "model", "width", "height", "engine", "precision", "batch", "target", "threads", "rounds",
-    "round_started", "round_seconds", "scopes", "flops_per_image", "build_seconds", "engine_bytes",
-    "weights_source", "weights_verified", "images_source", "image_formats", "device", "libraries",
+    "round_started", "round_seconds", "scopes", "flops_per_image", "build_seconds", "build_wait_seconds",
+    "engine_bytes", "weights_source", "weights_verified", "images_source", "image_formats", "device",
+    "libraries",
 ]  # fmt: skip
 LATENCY_COLUMNS = [
     "scope", "round", "iteration", "latency_ms", *(f"stage_{stage}_ms" for stage in STAGES),

@@ -229,6 +229,8 @@ def test_table_has_a_row_per_scope_with_statistics_and_provenance(table_files):
     assert table.loc[end_to_end, "pipelined_images_per_second"].gt(0).all()
     assert table.loc[~end_to_end, "pipelined_images_per_second"].isna().all()
     assert (table["build_seconds"] > 0).all() and (table["engine_bytes"] > 0).all()
+    # Built one at a time on a CPU: no build waited for the device.
+    assert table["build_wait_seconds"].between(0, table["build_seconds"]).all()
     commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout
     assert set(table["git_commit"]) == {commit.strip()} and set(table["config_sha256"]) == {"c0ffee"}
     assert set(table["image_formats"]) == {"jpg"} and set(table["device_kind"]) == {"cpu"}

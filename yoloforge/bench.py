@@ -113,6 +113,8 @@ def time_round(spec: Round) -> tuple[dict[str, Any], pd.DataFrame]:
         "scopes": scopes,
         "flops_per_image": sidecar.get("flops_per_image"),
         "build_seconds": sidecar["build_seconds"],
+        # Part of build_seconds: builds that ran side by side waited for each other's timing.
+        "build_wait_seconds": sidecar.get("device_wait_seconds"),
         "engine_bytes": sidecar["engine_bytes"],
         "weights_source": sidecar["model"].get("weights_source", "unknown"),
         "weights_verified": sidecar["model"].get("weights_verified", "unknown"),

@@ -79,6 +79,7 @@ COLUMNS = [
     "ceiling_tflops",
     "fraction_of_ceiling",
     "build_seconds",
+    "build_wait_seconds",
     "engine_bytes",
     "threads",
     *ACCURACY_COLUMNS,
