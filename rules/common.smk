@@ -6,6 +6,7 @@ import shlex
 # The engines' declared facts (precisions, builds that time kernels, conda env).
 from yoloforge import backends
 from yoloforge.config import fetch_arguments, option_arguments, repeated_arguments
+from yoloforge.device import on_accelerator
 
 # Every rule runs the yoloforge package of the workflow's own checkout, whatever is installed.
 # A failing command's one-line error also goes to file descriptor 3, the job's own stderr, which
@@ -113,7 +114,7 @@ def engine_on_accelerator(wildcards):
     with open(f"results/device/{wildcards.target}.json") as handle:
         probe = json.load(handle)["engines"]
     fingerprint = probe[wildcards.engine]["fingerprint"] or {}
-    return int(fingerprint.get("kind", "cpu") != "cpu")
+    return int(on_accelerator(fingerprint))
 
 
 def target_rows(target):

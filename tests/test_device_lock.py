@@ -143,3 +143,13 @@ def test_the_device_probe_waits_for_a_timing_job(lock_file, tmp_path):
     assert probe.returncode == 0, errors
     assert "waiting for the device lock" in errors
     assert output.exists()
+
+
+def test_held_if_takes_the_lock_only_where_needed(lock_file):
+    from yoloforge.device import on_accelerator
+
+    lock = DeviceLock()
+    for fingerprint, taken in (({"kind": "cuda", "name": "GPU"}, "taken"), ({"kind": "cpu"}, "free")):
+        with lock.held_if(on_accelerator(fingerprint)):
+            assert other_process_sees(lock_file) == taken
+    assert other_process_sees(lock_file) == "free"

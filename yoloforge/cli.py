@@ -130,8 +130,7 @@ def cmd_build(args: argparse.Namespace) -> None:
                 f" {args.fingerprint}; re-probe the device (snakemake --forcerun device)",
                 args.output,
             )
-    timed = build_times_kernels(args.engine, request.options)
-    with DEVICE_LOCK.held() if timed else contextlib.nullcontext():
+    with DEVICE_LOCK.held_if(build_times_kernels(args.engine, request.options)):
         sidecar = backend.build(request)
     log.info(
         "built %s in %.1fs (%.1fs of it waiting for the device); check against ONNX Runtime FP32: %s",
@@ -191,6 +190,7 @@ def cmd_accuracy(args: argparse.Namespace) -> None:
 
     from yoloforge.accuracy import draw_examples, score_engine, write_coco_results
     from yoloforge.backends import get_backend, read_sidecar
+    from yoloforge.device import on_accelerator
     from yoloforge.device_lock import DEVICE_LOCK
     from yoloforge.files import write_json
 
@@ -202,8 +202,7 @@ def cmd_accuracy(args: argparse.Namespace) -> None:
             f"unreadable reference detections ({error.__class__.__name__})", args.reference
         ) from None
     # On an accelerator, so as not to run beside another job's timing there.
-    on_accelerator = sidecar["device"].get("kind", "cpu") != "cpu"
-    with DEVICE_LOCK.held() if on_accelerator else contextlib.nullcontext():
+    with DEVICE_LOCK.held_if(on_accelerator(sidecar["device"])):
         record, coco_results, detections = score_engine(
             get_backend(args.engine).load(args.engine_file),
             model=args.model,

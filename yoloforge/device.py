@@ -92,6 +92,11 @@ def cuda_fingerprint() -> dict[str, object] | None:
     return {"kind": "cuda", "name": name, "compute_capability": capability, "driver": driver}
 
 
+def on_accelerator(fingerprint: dict[str, object]) -> bool:
+    """Whether an engine of this device fingerprint runs on an accelerator, not the CPU."""
+    return fingerprint.get("kind", "cpu") != "cpu"
+
+
 def fingerprint_id(fingerprint: dict[str, object]) -> str:
     """A short, readable, filesystem-safe key: device name plus a hash of everything recorded."""
     name = re.sub(r"[^a-z0-9]+", "-", str(fingerprint.get("name", "device")).lower()).strip("-")

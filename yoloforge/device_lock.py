@@ -79,6 +79,10 @@ class DeviceLock:
                 os.close(self._descriptor)  # closing the descriptor drops the flock
                 self._descriptor = None
 
+    def held_if(self, needed: bool) -> contextlib.AbstractContextManager[None]:
+        """`held()` where `needed`, else nothing."""
+        return self.held() if needed else contextlib.nullcontext()
+
     @contextlib.contextmanager
     def released(self) -> Iterator[None]:
         if self._depth == 0 or self._released:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import time
@@ -14,7 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from yoloforge.device import cpu_fingerprint, fingerprint_id
+from yoloforge.device import cpu_fingerprint, fingerprint_id, on_accelerator
 from yoloforge.device_lock import DEVICE_LOCK
 from yoloforge.errors import YoloforgeError
 from yoloforge.files import atomic_output, sha256_file, write_json
@@ -224,8 +223,7 @@ class Backend(ABC):
             engine_bytes = partial.stat().st_size
             device = self.device_fingerprint()
             # On an accelerator the check runs the engine there: never beside another job's timing.
-            on_accelerator = device.get("kind", "cpu") != "cpu"
-            with DEVICE_LOCK.held() if on_accelerator else contextlib.nullcontext():
+            with DEVICE_LOCK.held_if(on_accelerator(device)):
                 check = output_check(request, lambda: self._load_to_check(partial, flags))
             sidecar = {
                 "model": onnx_metadata(request.onnx),
