@@ -247,13 +247,15 @@ def test_agreement_of_raw_rows_is_scored_as_accuracy_jobs_score_it(tiny_detectio
     from yoloforge.accuracy import rows_agreement_map50
 
     rows = list(tiny_detections)
-    assert rows_agreement_map50(rows, rows) == 1.0
+    score = rows_agreement_map50(rows)
+    assert score(rows) == 1.0
     shifted = [r.copy() for r in rows]
     for r in shifted:
         r[:, 0] += 0.5  # every box half the image to the right: nothing overlaps
-    assert rows_agreement_map50(rows, shifted) == 0.0
+    assert score(shifted) == 0.0
+    assert score(rows) == 1.0  # the reference stays as it was decoded
     empty = [np.zeros_like(r) for r in rows]
-    assert rows_agreement_map50(empty, rows) is None
+    assert rows_agreement_map50(empty)(rows) is None
 
 
 needs_gpu = pytest.mark.skipif(

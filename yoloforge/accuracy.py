@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -108,13 +109,21 @@ def detect(runner: Runner, paths: list[Path], width: int, height: int, batch: in
     return result
 
 
-def rows_agreement_map50(reference: list[np.ndarray], candidate: list[np.ndarray]) -> float | None:
-    """Agreement mAP@0.5 of one engine's raw rows [boxes, 5 + classes] per image against another's
-    on the same inputs, as score_engine scores it: the reference's deployed boxes as the truth,
-    the candidate's ranked down to MAP_SCORE_THRESHOLD. None where the reference finds nothing."""
-    ranked = [decode(rows, MAP_SCORE_THRESHOLD, DEPLOY_IOU_THRESHOLD) for rows in candidate]
-    truth = [decode(rows, MAP_SCORE_THRESHOLD, DEPLOY_IOU_THRESHOLD) for rows in reference]
-    return mean_average_precision([above(boxes, DEPLOY_SCORE_THRESHOLD) for boxes in truth], ranked)
+def rows_agreement_map50(reference: list[np.ndarray]) -> Callable[[list[np.ndarray]], float | None]:
+    """A scorer of raw rows [boxes, 5 + classes] per image against `reference`'s, another engine's
+    on the same inputs, as score_engine scores them: agreement mAP@0.5 with the reference's
+    deployed boxes as the truth, the candidate's ranked down to MAP_SCORE_THRESHOLD; None where
+    the reference finds nothing. The reference is decoded once, for every candidate scored."""
+    truth = [
+        above(decode(rows, MAP_SCORE_THRESHOLD, DEPLOY_IOU_THRESHOLD), DEPLOY_SCORE_THRESHOLD)
+        for rows in reference
+    ]
+
+    def score(candidate: list[np.ndarray]) -> float | None:
+        ranked = [decode(rows, MAP_SCORE_THRESHOLD, DEPLOY_IOU_THRESHOLD) for rows in candidate]
+        return mean_average_precision(truth, ranked)
+
+    return score
 
 
 def _boxes_to_json(boxes: Boxes) -> list[list[float]]:

@@ -403,12 +403,12 @@ def hold_fp8_to_fp16_detections(chains, detect: Callable[[], list[Any]]) -> dict
         return {"chains_checked": 0}
     for key in in_fp8:
         chains.choose(key, "fp16")
-    reference = detect()
+    agreement_with_fp16 = rows_agreement_map50(detect())
     for key in in_fp8:
         chains.choose(key, "fp8")
     returned = 0
     while True:
-        agreement = rows_agreement_map50(reference, detect())
+        agreement = agreement_with_fp16(detect())
         if agreement is None or agreement >= FP8_AGREEMENT or returned == len(in_fp8):
             break
         why = f"the engine's detections agreed at {agreement:.3f} with FP16's, under {FP8_AGREEMENT}"
