@@ -102,7 +102,9 @@ def test_harness_measures_a_known_latency():
 
 def test_harness_waits_for_queued_device_work():
     latencies = measure(QueueingRunner(0.02), [np.zeros((1, 3, 4, 4), np.float32)], TimingBudget(0, 0.3, 5))
-    assert np.min(latencies) == pytest.approx(20, rel=0.05)
+    # Not timing the queued work would give about 0 ms, counting it twice 40: the bounds tell
+    # those apart, with room for a small CI machine's scheduler (its minimum once came to 22.4).
+    assert 19 <= np.min(latencies) < 30
 
 
 def test_harness_respects_the_minimum_counts_on_a_slow_device():
