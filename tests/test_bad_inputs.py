@@ -3,7 +3,9 @@ the file or the key."""
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 import shutil
 
 import onnx
@@ -84,12 +86,22 @@ def test_pool_takes_each_round_of_one_bench_once(engine, every_layer_onnx, image
     assert not output.exists()
 
 
-def test_engine_copied_into_another_fingerprint_folder(engine, every_layer_onnx, images, tmp_path):
+def test_engine_copied_into_another_fingerprint_folder(
+    engine, every_layer_onnx, images, tmp_path, monkeypatch
+):
     copy = tmp_path / "intel-xeon-0123456789" / "onnxruntime" / engine.name
     copy.parent.mkdir(parents=True)
     shutil.copy(engine, copy)
     shutil.copy(sidecar_path(engine), sidecar_path(copy))
-    result, output = _bench(copy, every_layer_onnx, images, tmp_path, "intel-xeon-0123456789")
+    # Another job is timing on the device: a misplaced engine is refused without waiting for it.
+    lock_file = tmp_path / "device.lock"
+    monkeypatch.setenv("YOLOFORGE_DEVICE_LOCK", str(lock_file))
+    descriptor = os.open(lock_file, os.O_RDONLY | os.O_CREAT)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        result, output = _bench(copy, every_layer_onnx, images, tmp_path, "intel-xeon-0123456789")
+    finally:
+        os.close(descriptor)
     _one_line(result, str(copy), "lies in the folder of intel-xeon-0123456789")
     assert not output.exists()
 

@@ -65,6 +65,7 @@ def time_round(spec: Round) -> tuple[dict[str, Any], pd.DataFrame]:
     from yoloforge.backends import get_backend, read_sidecar
     from yoloforge.datasets import image_set_source
     from yoloforge.device import cpu_threads, fingerprint_id
+    from yoloforge.device_lock import DEVICE_LOCK
     from yoloforge.images import image_paths, letterboxes, preprocessed_batches
 
     if not 0 <= spec.index < spec.budget.rounds:
@@ -89,14 +90,17 @@ def time_round(spec: Round) -> tuple[dict[str, Any], pd.DataFrame]:
     started = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     # Where a round's time goes besides the timing budget.
     phases = {"inputs": time.perf_counter() - clock}
-    clock = time.perf_counter()
-    runner = backend.load(spec.engine_file, spec.onnx)
-    phases["load"] = time.perf_counter() - clock
-    clock = time.perf_counter()
-    scopes, latencies = bench_round(
-        runner, batches, encoded, width, height, spec.batch, spec.budget.per_round(), spec.index
-    )
-    phases["timing"] = time.perf_counter() - clock
+    # The device is taken only once the inputs are ready: a bad engine or image set fails without
+    # waiting for it, and preparing inputs never keeps another job's timing waiting.
+    with DEVICE_LOCK.held():
+        clock = time.perf_counter()
+        runner = backend.load(spec.engine_file, spec.onnx)
+        phases["load"] = time.perf_counter() - clock
+        clock = time.perf_counter()
+        scopes, latencies = bench_round(
+            runner, batches, encoded, width, height, spec.batch, spec.budget.per_round(), spec.index
+        )
+        phases["timing"] = time.perf_counter() - clock
     log.info("round %d: %s", spec.index, ", ".join(f"{name} {spent:.1f}s" for name, spent in phases.items()))
     result = {
         "model": spec.model,

@@ -143,7 +143,6 @@ def cmd_build(args: argparse.Namespace) -> None:
 
 def cmd_bench(args: argparse.Namespace) -> None:
     from yoloforge.bench import Round, log_timing, time_round, write_result
-    from yoloforge.device_lock import DEVICE_LOCK
     from yoloforge.timing import TimingBudget
 
     spec = Round(
@@ -159,8 +158,7 @@ def cmd_bench(args: argparse.Namespace) -> None:
         onnx=args.onnx and Path(args.onnx),
         fingerprint=args.fingerprint,
     )
-    with DEVICE_LOCK.held():
-        result, latencies = time_round(spec)
+    result, latencies = time_round(spec)
     write_result(args.output, result, latencies)
     log_timing(result, f"round {args.round} of {args.rounds}")
 
