@@ -114,3 +114,23 @@ def maxpool(x: np.ndarray, size: int, stride_x: int, stride_y: int, padding: int
                     if 0 <= y < height and 0 <= xx < width:
                         out[:, :, i, j] = np.maximum(out[:, :, i, j], x[:, :, y, xx])
     return out
+
+
+def reorg_cpu(x: np.ndarray, w: int, h: int, c: int, stride: int) -> np.ndarray:
+    """blas.c's reorg_cpu(x, w, h, c, batch, stride, forward=0, out), index for index, on the
+    flat per-image buffers; w, h, c are the sizes its caller passes. The result, flat per image."""
+    batch = x.shape[0]
+    flat = x.reshape(batch, -1)
+    out = np.empty_like(flat)
+    out_c = c // (stride * stride)
+    for b in range(batch):
+        for k in range(c):
+            for j in range(h):
+                for i in range(w):
+                    in_index = i + w * (j + h * k)
+                    c2 = k % out_c
+                    offset = k // out_c
+                    w2 = i * stride + offset % stride
+                    h2 = j * stride + offset // stride
+                    out[b, in_index] = flat[b, w2 + w * stride * (h2 + h * stride * c2)]
+    return out

@@ -54,7 +54,7 @@ def test_shapes_follow_darknet_arithmetic():
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        (NET + "[sam]\nfrom=-1\n" + HEAD, "line 5 [sam]: unknown layer type [sam]"),
+        (NET + "[local_avgpool]\nsize=2\n" + HEAD, "line 5 [local_avgpool]: unknown layer type"),
         (NET + "[route]\nlayers=-3\n" + HEAD, "refers to layer -3, which does not exist"),
         (NET + "[route]\nlayers=7\n" + HEAD, "refers to layer 7, which does not exist"),
         (NET + "[convolutional]\nfilters=abc\n" + HEAD, "filters='abc' is not a valid int"),

@@ -6,7 +6,7 @@ import onnxruntime
 import pytest
 
 from tests.conftest import DATA, mixed_batch
-from tests.darknet_reference import assert_matches_opencv, convolution, maxpool
+from tests.darknet_reference import assert_matches_opencv, convolution, maxpool, reorg_cpu
 from yoloforge.darknet.cfg import build_network, load_cfg, parse_cfg_text
 from yoloforge.darknet.convert import convert
 from yoloforge.darknet.onnx_export import export_onnx
@@ -118,6 +118,60 @@ def test_shortcut_from_several_layers_adds_each_into_the_common_channels():
     np.testing.assert_allclose(output, expected, atol=1e-6)
 
 
+@pytest.mark.parametrize(
+    ("section", "channels"),
+    [
+        # Darknet's [reorg] (reorg_old_layer.c) passes the input's sizes, [reorg3d] (reorg_layer.c)
+        # the output's; 6 channels are no multiple of 4, which only [reorg3d] takes.
+        ("reorg", 8),
+        ("reorg3d", 6),
+    ],
+)
+def test_reorg_follows_darknets_loop(section, channels):
+    text = (
+        NET + f"[convolutional]\nfilters={channels}\nsize=3\nstride=2\npad=1\nactivation=leaky\n"
+        f"[{section}]\nstride=2\n" + HEAD
+    )
+    net, params, images, (conv, output) = exposed_outputs(text, (0, 1))
+    assert output.shape == (2, channels * 4, 16, 16)
+    if section == "reorg":
+        expected = reorg_cpu(conv, 32, 32, channels, 2)
+    else:
+        expected = reorg_cpu(conv, 16, 16, channels * 4, 2)
+    np.testing.assert_array_equal(output.reshape(2, -1), expected)
+
+
+def test_sam_multiplies_two_layers_then_activates():
+    text = (
+        NET + "[convolutional]\nfilters=4\nsize=3\nstride=2\npad=1\nactivation=leaky\n"
+        "[convolutional]\nfilters=4\nsize=1\nactivation=logistic\n"
+        "[sam]\nfrom=-2\nactivation=leaky\n" + HEAD
+    )
+    net, params, images, (features, attention, output) = exposed_outputs(text, (0, 1, 2))
+    product = features * attention
+    np.testing.assert_allclose(output, np.where(product > 0, product, 0.1 * product), rtol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("layer", "problem"),
+    [
+        ("[sam]\nfrom=-2\nactivation=mish\n", "line 17 [sam]: activation=mish: Darknet computes it as 0"),
+        ("[sam]\nfrom=-3\n", "line 17 [sam]: multiplies layer 0 (3 channels) by the previous layer's 4"),
+        ("[sam]\nfrom=-1,-2\n", "line 17 [sam]: sam needs exactly one layer in from="),
+        ("[reorg3d]\nstride=2\nreverse=1\n", "line 17 [reorg3d]: reverse=1"),
+    ],
+)
+def test_bad_sam_and_reorg3d_are_refused_in_one_line(layer, problem):
+    text = (
+        NET + "[convolutional]\nfilters=3\nsize=1\nactivation=leaky\n"
+        "[convolutional]\nfilters=4\nsize=1\nactivation=leaky\n"
+        "[convolutional]\nfilters=4\nsize=1\nactivation=logistic\n" + layer + HEAD
+    )
+    with pytest.raises(YoloforgeError) as error:
+        network(text)
+    assert str(error.value).startswith(f"test.cfg: {problem}")
+
+
 @pytest.mark.parametrize(("value", "expected"), [(None, "0"), ("0", "0"), ("1", "1")])
 def test_letter_box_travels_in_the_metadata(value, expected):
     text = NET + (f"letter_box={value}\n" if value else "") + HEAD
@@ -143,7 +197,7 @@ def test_one_error_lists_every_problem_with_its_line():
     text = (
         NET
         + "[convolutional]\nfilters=8\nsize=3\nxnor=1\nactivation=gelu\n"  # line 5
-        + "[sam]\nfrom=-1\n"  # line 10
+        + "[local_avgpool]\nsize=2\n"  # line 10
         + "[maxpool]\nsize=2\nmaxpool_depth=1\n"  # line 12
         + "[reorg]\nstride=2\nreverse=1\n"  # line 15
         + "[convolutional]\nfilters=18\nsize=1\nactivation=linear\n"
@@ -156,7 +210,7 @@ def test_one_error_lists_every_problem_with_its_line():
     for problem in (
         "line 5 [convolutional]: xnor=1",
         "line 5 [convolutional]: unknown activation 'gelu'",
-        "line 10 [sam]: unknown layer type [sam]",
+        "line 10 [local_avgpool]: unknown layer type [local_avgpool]",
         "line 12 [maxpool]: maxpool_depth=1",
         "line 15 [reorg]: reverse=1",
         "line 22 [yolo]: new_coords=2",
@@ -166,6 +220,7 @@ def test_one_error_lists_every_problem_with_its_line():
 
 def test_a_layer_after_an_unknown_one_is_not_blamed_for_it():
     """Channels after an unparsed layer are unknown; only the unknown layer is reported."""
-    text = NET + "[convolutional]\nfilters=6\n[sam]\nfrom=-1\n[route]\nlayers=-1\ngroups=4\n" + HEAD
-    with pytest.raises(YoloforgeError, match=r"^test.cfg: line 7 \[sam\]: unknown layer type \[sam\]$"):
+    text = NET + "[convolutional]\nfilters=6\n[local_avgpool]\nsize=2\n[route]\nlayers=-1\ngroups=4\n" + HEAD
+    expected = r"^test.cfg: line 7 \[local_avgpool\]: unknown layer type \[local_avgpool\]$"
+    with pytest.raises(YoloforgeError, match=expected):
         network(text)

@@ -1,8 +1,8 @@
 """The Darknet model zoo's detector cfgs (tests/data/zoo) against OpenCV's own Darknet reader.
 
-Each cfg gets seeded synthetic weights and is converted at 128x128, a multiple of its largest
-stride (without the simplifier, which tests/test_convert.py covers); every row of `detections`
-must match OpenCV's output.
+Each cfg gets seeded synthetic weights and is converted at 128x128 (one exception: CONDITIONED),
+a multiple of its largest stride (without the simplifier, which tests/test_convert.py covers);
+every row of `detections` must match OpenCV's output.
 """
 
 import numpy as np
@@ -44,7 +44,13 @@ FAST = [
     "csresnext50-panet-spp",
     "cd53paspp-gamma",
 ]
-SLOW = ["yolov4-csp-x-mish", "yolov4x-mish", "yolov4-p6", "yolov7x"]  # over 10 s each on 2 cores
+# Over 10 s each on 2 cores.
+SLOW = ["yolov4-csp-x-mish", "yolov4x-mish", "yolov4-p6", "yolov7x", "cspx-p7-mish"]
+# (size, kernel mean) where the defaults do not serve: cspx-p7-mish's stride-128 level is one cell
+# at 128x128, and the forty layers of random weights there amplify float32 rounding past the
+# tolerance (OpenCV's intermediate outputs drift from ours layer by layer, with no jump); at
+# 256, its level two cells wide, with a larger common kernel part, it stays within 4e-4.
+CONDITIONED = {"cspx-p7-mish": (256, 0.4)}
 
 
 def test_every_zoo_cfg_is_tested():
@@ -54,16 +60,17 @@ def test_every_zoo_cfg_is_tested():
 def _matches_opencv(name: str, tmp_path):
     cfg = ZOO / f"{name}.cfg"
     network = load_cfg(cfg)
+    size, kernel_mean = CONDITIONED.get(name, (SIZE, KERNEL_MEAN))
     weights = tmp_path / f"{name}.weights"
     write_weights(
         weights,
         network,
-        synthetic_params(network, seed=1, calibration_size=SIZE, kernel_mean=KERNEL_MEAN),
+        synthetic_params(network, seed=1, calibration_size=size, kernel_mean=kernel_mean),
         WeightsHeader(),
     )
     output = tmp_path / f"{name}.onnx"
-    convert(cfg, weights, output, (SIZE, SIZE), run_simplifier=False)
-    assert_matches_opencv(cfg, weights, output, mixed_batch(SIZE, SIZE)[:2], tmp_path)
+    convert(cfg, weights, output, (size, size), run_simplifier=False)
+    assert_matches_opencv(cfg, weights, output, mixed_batch(size, size)[:2], tmp_path)
 
 
 @pytest.mark.parametrize("name", FAST)

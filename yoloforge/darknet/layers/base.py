@@ -108,6 +108,16 @@ def read_activation(section: Section, default: str) -> str:
     return activation
 
 
+def read_elementwise_activation(section: Section) -> str:
+    """The activation of a layer that multiplies outputs ([sam], [scale_channels]): Darknet
+    applies it with activate_array, which computes swish and mish as 0 (they are layer-level
+    activations of [convolutional] and [shortcut] only), so those are refused."""
+    activation = read_activation(section, "linear")
+    if activation in ("swish", "mish"):
+        section.refuse(f"activation={activation}: Darknet computes it as 0 after this layer")
+    return activation
+
+
 def sliding_windows(
     x: np.ndarray, size: tuple[int, int], stride: tuple[int, int], pads: tuple[int, int, int, int], fill=0.0
 ) -> np.ndarray:

@@ -1,13 +1,21 @@
-"""[reorg]: space to depth by `stride`, as the original Darknet computes it for yolov2 (and as
-OpenCV's Darknet reader does): reorg_cpu(input, w, h, c, stride, forward=0) reads the [C, H, W]
-input as [C/stride^2, H*stride, W*stride], moves each stride x stride offset to the channels,
-and the [C, H, W] result is read as [C*stride^2, H/stride, W/stride]. AlexeyAB's fork passes the
-output sizes to reorg_cpu instead and orders the channels differently; yolov2's published
-weights were trained with the original order."""
+"""[reorg] and [reorg3d]: space to depth by `stride`.
+
+[reorg] as the original Darknet computes it for yolov2 (and as AlexeyAB's fork keeps it as its
+reorg_old layer, and OpenCV's Darknet reader does): reorg_cpu(input, w, h, c, stride, forward=0)
+reads the [C, H, W] input as [C/stride^2, H*stride, W*stride], moves each stride x stride offset
+to the channels, and the [C, H, W] result is read as [C*stride^2, H/stride, W/stride]; yolov2's
+published weights were trained with this order.
+
+[reorg3d] (AlexeyAB's reorg layer, yolov4-sam-mish-csp-reorg-bfm) passes the output sizes to the
+same function instead, which makes it a plain space to depth: output channel
+(dy * stride + dx) * C + c holds input channel c at offset (dy, dx), as ONNX's SpaceToDepth.
+OpenCV's reader does not know it.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -21,6 +29,8 @@ class Reorg(Layer):
     section_names = ("reorg",)
 
     stride: int = 2
+    # Whether the input's channels are read in groups of stride^2 ([reorg]'s order).
+    groups_channels: ClassVar[bool] = True
 
     @classmethod
     def parse(cls, section: Section, context: ParseContext) -> Reorg:
@@ -28,7 +38,7 @@ class Reorg(Layer):
         stride = section.get_int("stride", 1)
         if stride <= 0:
             raise section.fail(f"stride={stride} is not positive")
-        if channels % (stride * stride):
+        if cls.groups_channels and channels % (stride * stride):
             raise section.fail(f"{channels} input channels are not divisible by stride^2={stride * stride}")
         if section.get_int("reverse", 0):
             section.refuse("reverse=1 (depth to space) is not supported")
@@ -61,3 +71,15 @@ class Reorg(Layer):
         x = inputs[0]
         c, h, w = self.output_shape([x.shape[1:]])
         return x.reshape(self._split_shape(x.shape[1:])).transpose(self.PERMUTATION).reshape(-1, c, h, w)
+
+
+@dataclass
+class Reorg3d(Reorg):
+    kind = "reorg3d"
+    section_names = ("reorg3d",)
+    groups_channels = False
+
+    def _split_shape(self, shape: Shape) -> list[int]:
+        c, h, w = shape
+        s = self.stride
+        return [-1, c, h // s, s, w // s, s]

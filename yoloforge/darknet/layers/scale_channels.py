@@ -15,7 +15,7 @@ from yoloforge.darknet.layers.base import (
     Shape,
     numpy_activation,
     onnx_activation,
-    read_activation,
+    read_elementwise_activation,
 )
 from yoloforge.darknet.sections import Section
 
@@ -45,7 +45,7 @@ class ScaleChannels(Layer):
             [context.previous, source],
             context.channels_of(context.previous),
             channels,
-            activation=read_activation(section, "linear"),
+            activation=read_elementwise_activation(section),
         )
 
     def output_shape(self, inputs: list[Shape]) -> Shape:
