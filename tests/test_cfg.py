@@ -85,3 +85,47 @@ def test_bad_cfgs_name_the_file_and_line(text, message):
 def test_sizes_must_be_multiples_of_32(size):
     with pytest.raises(YoloforgeError, match="not a positive multiple of 32"):
         load_cfg(MODELS / "yolov3.cfg").shapes(*size)
+
+
+@pytest.mark.parametrize(
+    "encode",
+    [
+        pytest.param(lambda text: text.replace("\n", "\r\n").encode(), id="crlf"),
+        pytest.param(lambda text: text.replace("\n", "\r").encode(), id="cr"),
+        pytest.param(lambda text: b"\xef\xbb\xbf" + text.encode(), id="byte-order-mark"),
+        pytest.param(
+            lambda text: text.replace("[net]", "[net]\n# 输入尺寸", 1).encode("gbk"), id="gbk-comment"
+        ),
+    ],
+)
+def test_cfgs_saved_by_other_editors_read_as_the_original(
+    encode, every_layer_onnx, synthetic_weights, tmp_path
+):
+    """Line ends, a byte-order mark and comments in a legacy encoding, as Windows editors save a
+    cfg: Darknet and OpenCV read each as the original, and so do the converter and the
+    opencv-darknet engine's copy."""
+    import cv2
+
+    from yoloforge.backends import BuildRequest, get_backend
+
+    cfg = DATA / "every-layer.cfg"
+    original = cfg.read_text()
+    saved = tmp_path / "saved.cfg"
+    saved.write_bytes(encode(original))
+    expected = load_cfg(cfg)
+    read = load_cfg(saved)
+    assert [(layer.kind, layer.inputs, layer.out_channels) for layer in read.layers] == [
+        (layer.kind, layer.inputs, layer.out_channels) for layer in expected.layers
+    ]
+    engine = tmp_path / "opencv.engine"
+    get_backend("opencv-darknet").build(
+        BuildRequest(every_layer_onnx, "fp32", 1, engine, cfg=saved, weights=synthetic_weights(cfg))
+    )
+    assert len(cv2.dnn.readNetFromDarknet(str(engine)).getLayerNames()) > 0
+
+
+def test_a_binary_file_given_as_cfg_is_refused_in_one_line(tmp_path):
+    weights = tmp_path / "model.weights"
+    weights.write_bytes(b"\x00\x00\x00\x00\x02\x00\x00\x00" + bytes(64))
+    with pytest.raises(YoloforgeError, match=r"model.weights: not a text cfg file$"):
+        load_cfg(weights)

@@ -230,12 +230,13 @@ def reference_detections(
     """The reference's detections on the first `count` images, and its COCO mAP where annotated."""
     from yoloforge.backends.base import onnx_metadata
     from yoloforge.backends.opencv_darknet import cfg_letter_box
+    from yoloforge.darknet.cfg import read_cfg_text
 
     engine = reference_engine()
     metadata = onnx_metadata(onnx)
     width, height = int(metadata["width"]), int(metadata["height"])
     letterbox = letterboxes(metadata, onnx)
-    if LETTER_BOX_KEY in metadata and cfg_letter_box(cfg.read_text()) != letterbox:
+    if LETTER_BOX_KEY in metadata and cfg_letter_box(read_cfg_text(cfg)) != letterbox:
         raise YoloforgeError(
             f"the ONNX file says {LETTER_BOX_KEY}={metadata[LETTER_BOX_KEY]}, its cfg {cfg} the other;"
             " convert the cfg again",

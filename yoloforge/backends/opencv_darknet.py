@@ -86,9 +86,11 @@ class OpenCvDarknetBackend(Backend):
         return {"opencv": cv2.__version__}
 
     def _build(self, request: BuildRequest) -> dict[str, Any]:
+        from yoloforge.darknet.cfg import read_cfg_text
+
         if request.cfg is None or request.weights is None:
             raise YoloforgeError("opencv-darknet needs --cfg and --weights", request.output)
-        request.output.write_text(cfg_without_score_threshold(Path(request.cfg).read_text()))
+        request.output.write_text(cfg_without_score_threshold(read_cfg_text(request.cfg)))
         return {
             "weights": os.path.abspath(request.weights),
             "weights_sha256": sha256_file(request.weights),

@@ -126,12 +126,25 @@ def _reads_unparsed(section: Section, context: ParseContext, unparsed: set[int])
     return bool(unparsed.intersection(references))
 
 
-def load_cfg(path: str | os.PathLike) -> Network:
+def read_cfg_text(path: str | os.PathLike) -> str:
+    """A cfg file's text, read as Darknet and OpenCV read it: as bytes, of which only the ASCII of
+    sections and options matters. So a byte-order mark (Windows editors write one) is dropped,
+    comments in any encoding are kept (as Latin-1 where they are not UTF-8), and lines end in \n
+    whether the file was written with \r\n or \r."""
     path = os.fspath(path)
     try:
-        text = Path(path).read_text()
+        data = Path(path).read_bytes()
     except OSError as error:
         raise YoloforgeError(f"cannot read cfg: {error.strerror}", path) from None
+    if b"\0" in data:
+        raise YoloforgeError("not a text cfg file", path)
+    try:
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
-        raise YoloforgeError("not a text cfg file", path) from None
-    return build_network(parse_cfg_text(text, path), path)
+        text = data.decode("latin-1")
+    return text.replace("\r\n", "\n").replace("\r", "\n")
+
+
+def load_cfg(path: str | os.PathLike) -> Network:
+    path = os.fspath(path)
+    return build_network(parse_cfg_text(read_cfg_text(path), path), path)
