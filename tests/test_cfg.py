@@ -88,6 +88,35 @@ def test_sizes_must_be_multiples_of_32(size):
 
 
 @pytest.mark.parametrize(
+    ("cfg", "strides", "accepted", "refused"),
+    [
+        (MODELS / "yolov3.cfg", (32, 32), (416, 416), None),
+        (DATA / "zoo" / "yolov4-p6.cfg", (64, 64), (448, 640), "416x416 is not a multiple of 64,"),
+        (DATA / "zoo" / "cspx-p7-mish.cfg", (128, 128), (512, 512), "576x576 is not a multiple of 128,"),
+    ],
+)
+def test_sizes_must_be_multiples_of_the_largest_stride(cfg, strides, accepted, refused):
+    """P6 and P7 models halve their input six and seven times: at other sizes the maps that
+    their routes join differ by a cell, which the error names instead of the route."""
+    network = load_cfg(cfg)
+    assert network.largest_strides() == strides
+    assert network.shapes(*accepted)[-1]
+    if refused:
+        size = tuple(int(side) for side in refused.split(" ")[0].split("x"))
+        with pytest.raises(YoloforgeError, match=f"{refused} this network's largest stride$"):
+            network.shapes(*size)
+
+
+def test_strides_are_per_side_and_global_pooling_does_not_count():
+    text = (
+        NET + "[convolutional]\nfilters=4\nsize=3\nstride_x=2\nstride_y=1\npad=1\nactivation=leaky\n"
+        "[maxpool]\nsize=2\nstride=2\n[avgpool]\n[route]\nlayers=-2\n" + HEAD
+    )
+    net = network(text)
+    assert net.largest_strides() == (4, 2)
+
+
+@pytest.mark.parametrize(
     "encode",
     [
         pytest.param(lambda text: text.replace("\n", "\r\n").encode(), id="crlf"),

@@ -50,6 +50,30 @@ class Network:
         """(channels, height, width) of every layer's output for an input of width x height."""
         if width <= 0 or height <= 0 or width % 32 or height % 32:
             raise YoloforgeError(f"input size {width}x{height} is not a positive multiple of 32", self.path)
+        stride_w, stride_h = self.largest_strides()
+        if width % stride_w or height % stride_h:
+            multiple = (
+                f"{stride_w}" if stride_w == stride_h else f"{stride_w} (width) and {stride_h} (height)"
+            )
+            raise YoloforgeError(
+                f"input size {width}x{height} is not a multiple of {multiple}, this network's largest stride",
+                self.path,
+            )
+        return self._shape_pass(width, height)
+
+    def largest_strides(self) -> tuple[int, int]:
+        """How many times narrower and lower than the input the network's coarsest feature map is
+        (32 for YOLOv3, 64 for P6, 128 for P7): an input's sides must be multiples of these, or
+        the feature maps that a route or shortcut joins differ by a cell. Global pooling's 1x1
+        output does not count."""
+        probe = 4096
+        shapes = self._shape_pass(probe, probe)
+        return (
+            max((probe // shape[2] for shape in shapes if shape[2] > 1), default=1),
+            max((probe // shape[1] for shape in shapes if shape[1] > 1), default=1),
+        )
+
+    def _shape_pass(self, width: int, height: int) -> list[Shape]:
         shapes: list[Shape] = []
         for layer in self.layers:
             inputs = [shapes[i] if i >= 0 else (self.channels, height, width) for i in layer.inputs]

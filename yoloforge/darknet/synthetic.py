@@ -18,7 +18,6 @@ import numpy as np
 from yoloforge.darknet.cfg import Network, load_cfg
 from yoloforge.darknet.layers.base import LayerParams
 from yoloforge.darknet.weights import WeightsHeader, write_weights
-from yoloforge.errors import YoloforgeError
 from yoloforge.files import sha256_file
 
 CALIBRATION_SIZE = 320
@@ -39,14 +38,9 @@ def _calibration_images(channels: int, size: int) -> np.ndarray:
 
 
 def _calibration_size(network: Network, size: int) -> int:
-    """`size`, or the next multiple of 64 the network accepts (a P6 model needs one of 64)."""
-    for candidate in range(size, size + 4 * 64 + 1, 32):
-        try:
-            network.shapes(candidate, candidate)
-        except YoloforgeError:
-            continue
-        return candidate
-    return size
+    """`size`, or the next multiple of the network's largest strides (a P6 model needs one of 64)."""
+    stride = max(32, *network.largest_strides())
+    return -(-size // stride) * stride
 
 
 def synthetic_params(
