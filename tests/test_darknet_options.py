@@ -224,3 +224,17 @@ def test_a_layer_after_an_unknown_one_is_not_blamed_for_it():
     expected = r"^test.cfg: line 7 \[local_avgpool\]: unknown layer type \[local_avgpool\]$"
     with pytest.raises(YoloforgeError, match=expected):
         network(text)
+
+
+@pytest.mark.parametrize(("num", "warned"), [(6, False), (3, True)])
+def test_masks_beyond_num_use_the_anchors_listed_with_a_warning(num, warned, caplog):
+    """cspx-p7-mish lists 20 anchors under num=16 with masks naming all 20; Darknet reads only num
+    of them and indexes past its array, so the converter takes the anchors listed and says so."""
+    text = (
+        NET + "[convolutional]\nfilters=18\nsize=1\nactivation=linear\n"
+        f"[yolo]\nmask=3,4,5\nanchors=1,2,3,4,5,6,7,8,9,10,11,12\nclasses=1\nnum={num}\n"
+    )
+    with caplog.at_level("WARNING", logger="yoloforge.darknet.layers.yolo"):
+        net = network(text)
+    assert net.heads[0].anchors == [(7, 8), (9, 10), (11, 12)]
+    assert ("names anchors beyond num=3" in caplog.text) is warned

@@ -4,6 +4,7 @@ centres x * scale_x_y - (scale_x_y - 1) / 2, sizes (2x)^2 times the anchor (yolo
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,6 +12,8 @@ import numpy as np
 from yoloforge.darknet.layers.base import GraphBuilder, ParseContext, Shape
 from yoloforge.darknet.layers.head import DetectionHead
 from yoloforge.darknet.sections import Section
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -28,6 +31,18 @@ class Yolo(DetectionHead):
         mask = section.get_list("mask", int, list(range(len(pairs))))
         if any(not 0 <= m < len(pairs) for m in mask):
             raise section.fail(f"mask {mask} refers to anchors outside the {len(pairs)} given")
+        declared = section.get_int("num", len(pairs))
+        if max(mask, default=0) >= declared:
+            # Darknet reads only `num` anchors and indexes past them (cspx-p7-mish of the zoo).
+            log.warning(
+                "%s: line %d [yolo]: mask %s names anchors beyond num=%d, where Darknet reads past"
+                " its anchors; using the %d listed",
+                section.path,
+                section.line,
+                mask,
+                declared,
+                len(pairs),
+            )
         new_coords = section.get_int("new_coords", 0)
         if new_coords not in (0, 1):
             section.refuse(f"new_coords={new_coords}: Darknet knows only 0 and 1")
