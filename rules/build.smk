@@ -45,9 +45,10 @@ rule build:
         gpu=build_gpu,
     params:
         options=engine_options,
+        strict=STRICT,
     shell:
         "python -m yoloforge build --engine {wildcards.engine} --onnx {input.onnx} --cfg {input.cfg}"
         " --weights {input.weights} --calibration {input.calibration} --precision {wildcards.precision}"
         " --check-images {input.images} --batch {wildcards.batch} --fingerprint {wildcards.fingerprint}"
-        " {params.options}"
+        " {params.options} {params.strict}"
         " --output {output.engine} > {log} 2>&1"

@@ -9,7 +9,15 @@ import pandas as pd
 import pytest
 
 from yoloforge.backends import BuildRequest, get_backend
-from yoloforge.bench import Round, latencies_path, pool, time_round, unavailable_row, write_result
+from yoloforge.bench import (
+    Round,
+    latencies_path,
+    pool,
+    probe_reason,
+    time_round,
+    unavailable_row,
+    write_result,
+)
 from yoloforge.datasets import write_substitute_set
 from yoloforge.errors import YoloforgeError
 from yoloforge.probe import probe_device
@@ -111,11 +119,18 @@ def test_an_unavailable_row_says_why_in_every_scope(tmp_path):
     device = tmp_path / "device.json"
     device.write_text(json.dumps(probe_device(["onnxruntime", "cudnn-fused"], ["bf16"], ceilings=False)))
     row = unavailable_row(
-        device, model="m", width=64, height=32, engine="onnxruntime", precision="bf16", batch=4, target="t"
+        probe_reason(device, "onnxruntime", "bf16"),
+        model="m",
+        width=64,
+        height=32,
+        engine="onnxruntime",
+        precision="bf16",
+        batch=4,
+        target="t",
     )
     assert row["unavailable"] == "onnxruntime has no bf16 mode"
     assert [scope["scope"] for scope in row["scopes"]] == list(SCOPES)
     assert (row["model"], row["width"], row["height"], row["batch"], row["target"]) == ("m", 64, 32, 4, "t")
     with pytest.raises(YoloforgeError, match="the device probe has no openvino bf16") as error:
-        unavailable_row(device, model="m", width=64, height=32, engine="openvino", precision="bf16", batch=1)
+        probe_reason(device, "openvino", "bf16")
     assert str(device) in str(error.value)

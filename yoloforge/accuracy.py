@@ -213,14 +213,16 @@ def _coco_scores(
     return results, *coco_map(annotations, results, image_ids)
 
 
-def reference_engine() -> str:
-    """The first reference implementation that runs FP32 here."""
+def reference_engine(request: BuildRequest) -> str:
+    """The first reference implementation that runs the model of `request` in FP32 here."""
     reasons = []
     for engine in REFERENCE_ENGINES:
-        reason = get_backend(engine).unavailable_reason("fp32")
+        backend = get_backend(engine)
+        reason = backend.unavailable_reason("fp32") or backend.model_unavailable_reason(request)
         if reason is None:
             return engine
         reasons.append(f"{engine}: {reason}")
+        log.info("reference: not %s (%s)", engine, reason)
     raise YoloforgeError(f"no reference implementation runs here ({'; '.join(reasons)})")
 
 
@@ -232,7 +234,6 @@ def reference_detections(
     from yoloforge.backends.opencv_darknet import cfg_letter_box
     from yoloforge.darknet.cfg import read_cfg_text
 
-    engine = reference_engine()
     metadata = onnx_metadata(onnx)
     width, height = int(metadata["width"]), int(metadata["height"])
     letterbox = letterboxes(metadata, onnx)
@@ -242,7 +243,6 @@ def reference_detections(
             " convert the cfg again",
             onnx,
         )
-    backend = get_backend(engine)
     with tempfile.TemporaryDirectory() as scratch:
         request = BuildRequest(
             onnx=onnx,
@@ -252,6 +252,8 @@ def reference_detections(
             cfg=cfg,
             weights=weights,
         )
+        engine = reference_engine(request)
+        backend = get_backend(engine)
         backend.build(request)
         detections = detect(
             backend.load(request.output), evaluation_images(images_dir, count), width, height, 1

@@ -82,6 +82,18 @@ def time_round(spec: Round) -> tuple[dict[str, Any], pd.DataFrame]:
             spec.engine_file,
         )
     width, height = int(sidecar["model"]["width"]), int(sidecar["model"]["height"])
+    if "unavailable" in sidecar:
+        row = unavailable_row(
+            sidecar["unavailable"],
+            model=spec.model,
+            width=width,
+            height=height,
+            engine=spec.engine,
+            precision=sidecar["precision"],
+            batch=spec.batch,
+            target=spec.target,
+        )
+        return {**row, "rounds": spec.budget.rounds, "round": spec.index}, no_latencies()
     clock = time.perf_counter()
     paths = image_paths(spec.images)[: spec.batch * spec.rotate]
     letterbox = letterboxes(sidecar["model"], spec.engine_file)
@@ -132,6 +144,13 @@ def time_round(spec: Round) -> tuple[dict[str, Any], pd.DataFrame]:
     return result, latencies
 
 
+def no_latencies() -> pd.DataFrame:
+    """The latencies of a row that cannot run: none, in the columns timed rows have."""
+    import pandas as pd
+
+    return pd.DataFrame(columns=["scope", "round", "iteration", "latency_ms", *ROW_KEYS])
+
+
 def pool(round_files: list[str | os.PathLike]) -> tuple[dict[str, Any], pd.DataFrame]:
     """The result JSON of each round of one bench (latencies beside each) -> the bench's result:
     its scopes summarized over every round's iterations, and all their latencies."""
@@ -151,6 +170,13 @@ def pool(round_files: list[str | os.PathLike]) -> tuple[dict[str, Any], pd.DataF
         raise YoloforgeError("not a timing round of `yoloforge bench` (no rounds count)", round_files[0])
     if len(rounds) != first["rounds"]:
         raise YoloforgeError(f"{len(rounds)} rounds given, the bench has {first['rounds']}", round_files[0])
+    if "unavailable" in first:
+        indices = sorted(result.get("round", -1) for result in rounds)
+        if indices != list(range(first["rounds"])):
+            raise YoloforgeError(
+                f"rounds {indices} given, not each of 0..{first['rounds'] - 1} once", round_files[0]
+            )
+        return {key: value for key, value in first.items() if key != "round"}, no_latencies()
     frames = []
     for path in round_files:
         try:
@@ -183,8 +209,20 @@ def write_result(output: str | os.PathLike, result: dict[str, Any], latencies: p
     write_json(output, result)
 
 
+def probe_reason(device: str | os.PathLike, engine: str, precision: str) -> str:
+    """Why the device probe (the JSON of `yoloforge device`) found that `engine` cannot run
+    `precision` where it was taken."""
+    from yoloforge.table import read_json
+
+    try:
+        reason = read_json(device, "device probe")["engines"][engine]["precisions"][precision]
+    except (KeyError, TypeError):
+        raise YoloforgeError(f"the device probe has no {engine} {precision}", device) from None
+    return reason or "unknown"
+
+
 def unavailable_row(
-    device: str | os.PathLike,
+    reason: str,
     *,
     model: str,
     width: int,
@@ -194,14 +232,7 @@ def unavailable_row(
     batch: int,
     target: str = "local",
 ) -> dict[str, Any]:
-    """The result of a row whose engine and precision cannot run where the device probe (the JSON
-    of `yoloforge device`) was taken: every scope, no timings, and the probe's reason."""
-    from yoloforge.table import read_json
-
-    try:
-        reason = read_json(device, "device probe")["engines"][engine]["precisions"][precision]
-    except (KeyError, TypeError):
-        raise YoloforgeError(f"the device probe has no {engine} {precision}", device) from None
+    """The result of a row that cannot run: every scope, no timings, and the reason."""
     return {
         "model": model,
         "width": width,
@@ -211,12 +242,15 @@ def unavailable_row(
         "batch": batch,
         "scopes": [{"scope": scope} for scope in SCOPES],
         "target": target,
-        "unavailable": reason or "unknown",
+        "unavailable": reason,
     }
 
 
 def log_timing(result: dict[str, Any], rounds: str) -> None:
     """One log line per scope: the p50, its spread and the rounds' p50s."""
+    if "unavailable" in result:
+        log.warning("%s %s: unavailable: %s", result["model"], result["engine"], result["unavailable"])
+        return
     for scope in result["scopes"]:
         log.info(
             "%s %s %s b%d %s: median %.2f ms (p10 %.2f, p90 %.2f) over %d iterations, %s"

@@ -130,8 +130,14 @@ def cmd_build(args: argparse.Namespace) -> None:
                 f" {args.fingerprint}; re-probe the device (snakemake --forcerun device)",
                 args.output,
             )
+    if args.strict:
+        reason = backend.model_unavailable_reason(request)
+        if reason:
+            raise YoloforgeError(f"strict: {args.engine} cannot run this model: {reason}", args.output)
     with DEVICE_LOCK.held_if(build_times_kernels(args.engine, request.options)):
         sidecar = backend.build(request)
+    if "unavailable" in sidecar:
+        return
     log.info(
         "built %s in %.1fs (%.1fs of it waiting for the device); check against ONNX Runtime FP32: %s",
         args.output,
@@ -193,6 +199,16 @@ def cmd_accuracy(args: argparse.Namespace) -> None:
     from yoloforge.files import write_json
 
     sidecar = read_sidecar(args.engine_file)
+    if "unavailable" in sidecar:
+        # Nothing to score: the row is listed as unavailable, with the build's reason.
+        write_coco_results(args.coco_output, [])
+        if args.draw_dir:
+            Path(args.draw_dir).mkdir(parents=True, exist_ok=True)
+        key = {"target": args.target, "model": args.model, "engine": args.engine}
+        size = {side: int(sidecar["model"][side]) for side in ("width", "height")}
+        write_json(args.output, {**key, **size, "precision": sidecar["precision"]})
+        log.warning("%s: not scored: %s", args.output, sidecar["unavailable"])
+        return
     try:
         reference = json.loads(Path(args.reference).read_text())
     except (OSError, json.JSONDecodeError) as error:
@@ -226,13 +242,13 @@ def cmd_accuracy(args: argparse.Namespace) -> None:
 
 
 def cmd_unavailable(args: argparse.Namespace) -> None:
-    from yoloforge.bench import unavailable_row
+    from yoloforge.bench import probe_reason, unavailable_row
     from yoloforge.darknet.convert import parse_size
     from yoloforge.files import write_json
 
     width, height = parse_size(args.size)
     row = unavailable_row(
-        args.device,
+        probe_reason(args.device, args.engine, args.precision),
         model=args.model,
         width=width,
         height=height,
@@ -414,6 +430,11 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--check-images", help="folder of images for the output check after the build")
     build.add_argument("--option", action="append", default=[], type=_option, help=_engine_options_help())
     build.add_argument("--fingerprint", help="refuse to build unless this machine has this fingerprint id")
+    build.add_argument(
+        "--strict",
+        action="store_true",
+        help="refuse a model the engine cannot run, instead of building an engine marked unavailable",
+    )
     build.set_defaults(func=cmd_build)
 
     bench = commands.add_parser("bench", help="time one round of one engine on the evaluation images")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from abc import ABC, abstractmethod
@@ -19,6 +20,8 @@ from yoloforge.errors import YoloforgeError
 from yoloforge.files import atomic_output, sha256_file, write_json
 from yoloforge.flops import onnx_flops_per_image
 from yoloforge.images import letterboxes
+
+log = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     from yoloforge.detections import Boxes
@@ -179,6 +182,13 @@ class Backend(ABC):
         """None when this backend can run `precision` here, else why not (a missing library, say)."""
         return None
 
+    def model_unavailable_reason(self, request: BuildRequest) -> str | None:
+        """None when this backend can run the model of `request`, else why not: an engine that
+        reads the Darknet cfg itself may not know one of its layers. The build then writes an
+        empty engine whose sidecar says why (`unavailable`), and the row's timing and accuracy
+        results are marked unavailable with that reason, as rows the device cannot run are."""
+        return None
+
     @abstractmethod
     def library_versions(self) -> dict[str, str]: ...
 
@@ -213,6 +223,23 @@ class Backend(ABC):
         reason = self.unavailable_reason(request.precision)
         if reason:
             raise YoloforgeError(f"{self.name} {request.precision} is unavailable: {reason}", request.output)
+        reason = self.model_unavailable_reason(request)
+        if reason:
+            log.warning("%s: %s cannot run this model: %s", request.output, self.name, reason)
+            with atomic_output(request.output) as partial:
+                partial.write_bytes(b"")
+                sidecar = {
+                    "model": onnx_metadata(request.onnx),
+                    "backend": self.name,
+                    "precision": request.precision,
+                    "batch": request.batch,
+                    "onnx_sha256": sha256_file(request.onnx),
+                    "device": self.device_fingerprint(),
+                    "libraries": self.library_versions(),
+                    "unavailable": reason,
+                }
+                write_json(sidecar_path(request.output), sidecar)
+            return sidecar
         start, waited = time.perf_counter(), DEVICE_LOCK.waited_seconds
         # Engine and sidecar are both written in full before either is renamed into place, so a
         # failure (a full disk, say) leaves any previous pair as it was.

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +38,14 @@ def cfg_letter_box(text: str) -> bool:
             number = re.match(r"[+-]?\d+", line.removeprefix("letter_box="))
             return bool(number and int(number.group()))
     return False
+
+
+def opencv_problem(error: Exception) -> str:
+    """cv2.error's message -> its kind and detail in one line: 'Parsing error: Unknown layer type:
+    reorg3d', without OpenCV's source location and function."""
+    message = str(error).strip().splitlines()[-1]
+    found = re.search(r"\(-?\d+:([^)]*)\) (.*?)(?: in function '[^']*')?$", message)
+    return f"{found[1]}: {found[2]}" if found else message
 
 
 def opencv_to_detections(outputs: list[np.ndarray], batch: int) -> np.ndarray:
@@ -84,6 +93,24 @@ class OpenCvDarknetBackend(Backend):
         import cv2
 
         return {"opencv": cv2.__version__}
+
+    def model_unavailable_reason(self, request: BuildRequest) -> str | None:
+        """OpenCV's reader lacks some of Darknet's layers ([reorg3d], say) and refuses a [yolo]
+        whose num= differs from its anchors: such a cfg cannot run on this engine."""
+        import cv2
+
+        from yoloforge.darknet.cfg import read_cfg_text
+
+        if request.cfg is None:
+            return None
+        with tempfile.TemporaryDirectory() as folder:
+            copy = Path(folder) / "model.cfg"
+            copy.write_text(cfg_without_score_threshold(read_cfg_text(request.cfg)))
+            try:
+                cv2.dnn.readNetFromDarknet(str(copy))
+            except cv2.error as error:
+                return f"OpenCV's Darknet reader refuses {Path(request.cfg).name} ({opencv_problem(error)})"
+        return None
 
     def _build(self, request: BuildRequest) -> dict[str, Any]:
         from yoloforge.darknet.cfg import read_cfg_text
