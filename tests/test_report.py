@@ -308,6 +308,22 @@ def test_report_holds_the_table_and_every_plot(runs, table_files, tmp_path):
     assert "plot-accuracy" not in write_report(without_accuracy, latencies, tmp_path / "plain.html")
 
 
+def test_report_of_rows_whose_reference_found_no_boxes(runs, tmp_path):
+    """A small model on a few images can leave the reference without a box: the gate passes with
+    no agreement figure, and the report has no accuracy plot rather than failing."""
+    folder, results = runs
+    boxless = tmp_path / "boxless"
+    boxless.mkdir()
+    accuracy = [
+        _accuracy(boxless, engine, "pass", reference_boxes=0, agreement_map50=None)
+        for engine in ("onnxruntime", "opencv-darknet")
+    ]
+    table = build_table([f"{p}.json" for p in results["a"]], accuracy)
+    latencies = [f"{p}.parquet" for p in results["a"]]
+    plots = write_report(table, latencies, tmp_path / "report.html")
+    assert "plot-latency" in plots and "plot-accuracy" not in plots
+
+
 def test_compare_two_runs(runs, table_files, tmp_path, capsys):
     folder, results = runs
     second = tmp_path / "b.csv"

@@ -366,7 +366,9 @@ def write_report(
                 distribution_plot(latencies, _failing(timed)),
             )
         )
-    if "accuracy_gate" in timed and timed["accuracy_gate"].notna().any():
+    # A gate can pass with no figure to plot: a reference that found no boxes gives no agreement.
+    scored = timed[timed["scope"].eq("model")][["coco_map50_95", "agreement_map50"]].notna().any(axis=None)
+    if "accuracy_gate" in timed and scored:
         plots.append(("plot-accuracy", "Accuracy against latency", accuracy_plot(timed)))
 
     summary = summarize(table)
