@@ -134,3 +134,35 @@ def reorg_cpu(x: np.ndarray, w: int, h: int, c: int, stride: int) -> np.ndarray:
                     h2 = j * stride + offset // stride
                     out[b, in_index] = flat[b, w2 + w * stride * (h2 + h * stride * c2)]
     return out
+
+
+def gaussian_yolo_rows(x: np.ndarray, anchors, classes: int, net_w: int, net_h: int, scale_x_y=1.0):
+    """forward_gaussian_yolo_layer and get_gaussian_yolo_detections (center points) on the head's
+    input [N, anchors * (9 + classes), H, W]: per image, rows ordered by grid row, column, anchor,
+    of (x, y, w, h, Darknet's probability of each class)."""
+
+    def logistic(v):
+        return 1 / (1 + np.exp(-v))
+
+    batch, _, height, width = x.shape
+    rows = []
+    for b in range(batch):
+        image = []
+        for j in range(height):
+            for i in range(width):
+                for n, (anchor_w, anchor_h) in enumerate(anchors):
+                    out = x[b, n * (9 + classes) : (n + 1) * (9 + classes), j, i].astype(np.float64)
+                    entries = out.copy()
+                    entries[[0, 1, 2, 3, 5, 7]] = logistic(out[[0, 1, 2, 3, 5, 7]])
+                    entries[8:] = logistic(out[8:])
+                    entries[[0, 2]] = entries[[0, 2]] * scale_x_y - 0.5 * (scale_x_y - 1)
+                    box = [
+                        (i + entries[0]) / width,
+                        (j + entries[2]) / height,
+                        np.exp(entries[4]) * anchor_w / net_w,
+                        np.exp(entries[6]) * anchor_h / net_h,
+                    ]
+                    uncertainty = (entries[1] + entries[3] + entries[5] + entries[7]) / 4
+                    image.append([*box, *(entries[8] * entries[9:] * (1 - uncertainty))])
+        rows.append(image)
+    return np.array(rows)

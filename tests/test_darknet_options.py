@@ -6,7 +6,13 @@ import onnxruntime
 import pytest
 
 from tests.conftest import DATA, mixed_batch
-from tests.darknet_reference import assert_matches_opencv, convolution, maxpool, reorg_cpu
+from tests.darknet_reference import (
+    assert_matches_opencv,
+    convolution,
+    gaussian_yolo_rows,
+    maxpool,
+    reorg_cpu,
+)
 from yoloforge.darknet.cfg import build_network, load_cfg, parse_cfg_text
 from yoloforge.darknet.convert import convert
 from yoloforge.darknet.onnx_export import export_onnx
@@ -238,3 +244,30 @@ def test_masks_beyond_num_use_the_anchors_listed_with_a_warning(num, warned, cap
         net = network(text)
     assert net.heads[0].anchors == [(7, 8), (9, 10), (11, 12)]
     assert ("names anchors beyond num=3" in caplog.text) is warned
+
+
+@pytest.mark.parametrize("scale_x_y", [1.0, 1.1])
+def test_gaussian_yolo_follows_darknets_arithmetic(scale_x_y):
+    """Gaussian YOLOv3's head (Gaussian_yolov3_BDD of the zoo; OpenCV lacks it): boxes and each
+    class's probability as get_gaussian_yolo_detections computes them."""
+    anchors = [(7, 10), (16, 30), (33, 23)]
+    text = (
+        NET + "[convolutional]\nfilters=8\nsize=3\nstride=2\npad=1\nactivation=leaky\n"
+        "[convolutional]\nfilters=36\nsize=1\nactivation=linear\n"
+        f"[gaussian_yolo]\nmask=0,1,2\nanchors=7,10, 16,30, 33,23\nclasses=3\nnum=3\n"
+        f"scale_x_y={scale_x_y}\n"
+    )
+    net, params, images, (head_input,) = exposed_outputs(text, (1,))
+    model = export_onnx(net, params, 64, 64)
+    session = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    (ours,) = session.run(["detections"], {"images": images})
+    expected = gaussian_yolo_rows(head_input, anchors, 3, 64, 64, scale_x_y)
+    np.testing.assert_allclose(ours[..., :4], expected[..., :4], rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(ours[..., 4:5] * ours[..., 5:], expected[..., 4:], rtol=1e-5, atol=1e-6)
+
+
+def test_gaussian_yolo_other_box_points_are_refused():
+    text = NET + "[convolutional]\nfilters=36\nsize=1\n[gaussian_yolo]\nmask=0,1,2\n"
+    text += "anchors=7,10, 16,30, 33,23\nclasses=3\nyolo_point=left_top\n"
+    with pytest.raises(YoloforgeError, match=r"yolo_point=left_top: only boxes given by their centre"):
+        network(text)

@@ -1,12 +1,15 @@
 """What the detection heads ([yolo], [region]) share: their input layout and row order.
 
-A head's input is [N, anchors * (5 + classes), H, W]; its rows of `detections` are ordered by
-grid row, grid column, then anchor, as OpenCV's Darknet reader orders them.
+A head's input is [N, anchors * (box_entries + 1 + classes), H, W] (4 box entries, 8 for
+[gaussian_yolo]'s box and its uncertainties, then objectness and the classes); its rows of
+`detections` are ordered by grid row, grid column, then anchor, as OpenCV's Darknet reader orders
+them.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import numpy as np
 
@@ -21,6 +24,7 @@ CLASS_BIAS = -2.0
 @dataclass
 class DetectionHead(Layer):
     is_head = True
+    box_entries: ClassVar[int] = 4
 
     anchors: list[tuple[float, float]] = field(default_factory=list)
     classes: int = 0
@@ -32,23 +36,29 @@ class DetectionHead(Layer):
             raise section.fail("anchors must come in width,height pairs")
         return list(zip(anchors[::2], anchors[1::2], strict=True))
 
+    @property
+    def attributes(self) -> int:
+        """Input channels per anchor."""
+        return self.box_entries + 1 + self.classes
+
     def check_input(self) -> None:
-        expected = len(self.anchors) * (5 + self.classes)
+        expected = len(self.anchors) * self.attributes
         if self.classes <= 0:
             raise self.section.fail(f"classes={self.classes} is not positive")
         if self.in_channels != expected:
             raise self.section.fail(
-                f"expects {expected} input channels ({len(self.anchors)} anchors x (5 + {self.classes}"
-                f" classes)), the previous layer gives {self.in_channels}"
+                f"expects {expected} input channels ({len(self.anchors)} anchors x"
+                f" ({self.box_entries + 1} + {self.classes} classes)), the previous layer gives"
+                f" {self.in_channels}"
             )
 
     def boxes(self, shape: Shape) -> int:
         return shape[1] * shape[2] * len(self.anchors)
 
     def rows(self, graph: GraphBuilder, x: str, shape: Shape, parts: list[int]) -> list[str]:
-        """The input as rows [N, boxes, 5 + classes], split along the attributes into `parts`."""
+        """The input as rows [N, boxes, attributes], split along the attributes into `parts`."""
         _, grid_h, grid_w = shape
-        attributes = 5 + self.classes
+        attributes = self.attributes
         split = graph.reshape(
             x, [-1, len(self.anchors), attributes, grid_h, grid_w], f"{self.name}_by_anchor"
         )
@@ -86,7 +96,8 @@ class DetectionHead(Layer):
         return sources[0]
 
     def head_logits(self, biases: np.ndarray, spreads: np.ndarray) -> None:
-        per_anchor = (len(self.anchors), 5 + self.classes)
-        biases.reshape(per_anchor)[:, 4] = OBJECTNESS_BIAS
-        biases.reshape(per_anchor)[:, 5:] = CLASS_BIAS
-        spreads.reshape(per_anchor)[:, 4] = OBJECTNESS_SPREAD
+        per_anchor = (len(self.anchors), self.attributes)
+        objectness = self.box_entries
+        biases.reshape(per_anchor)[:, objectness] = OBJECTNESS_BIAS
+        biases.reshape(per_anchor)[:, objectness + 1 :] = CLASS_BIAS
+        spreads.reshape(per_anchor)[:, objectness] = OBJECTNESS_SPREAD
