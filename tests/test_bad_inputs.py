@@ -86,27 +86,31 @@ def test_pool_takes_each_round_of_one_bench_once(engine, every_layer_onnx, image
     assert not output.exists()
 
 
+@pytest.fixture
+def device_taken(tmp_path, monkeypatch):
+    """Another job holds the device lock for the test: a bad engine must be refused at once, not
+    after waiting for it."""
+    lock_file = tmp_path / "device.lock"
+    monkeypatch.setenv("YOLOFORGE_DEVICE_LOCK", str(lock_file))
+    descriptor = os.open(lock_file, os.O_RDONLY | os.O_CREAT)
+    fcntl.flock(descriptor, fcntl.LOCK_EX)
+    yield
+    os.close(descriptor)
+
+
 def test_engine_copied_into_another_fingerprint_folder(
-    engine, every_layer_onnx, images, tmp_path, monkeypatch
+    engine, every_layer_onnx, images, tmp_path, device_taken
 ):
     copy = tmp_path / "intel-xeon-0123456789" / "onnxruntime" / engine.name
     copy.parent.mkdir(parents=True)
     shutil.copy(engine, copy)
     shutil.copy(sidecar_path(engine), sidecar_path(copy))
-    # Another job is timing on the device: a misplaced engine is refused without waiting for it.
-    lock_file = tmp_path / "device.lock"
-    monkeypatch.setenv("YOLOFORGE_DEVICE_LOCK", str(lock_file))
-    descriptor = os.open(lock_file, os.O_RDONLY | os.O_CREAT)
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX)
-        result, output = _bench(copy, every_layer_onnx, images, tmp_path, "intel-xeon-0123456789")
-    finally:
-        os.close(descriptor)
+    result, output = _bench(copy, every_layer_onnx, images, tmp_path, "intel-xeon-0123456789")
     _one_line(result, str(copy), "lies in the folder of intel-xeon-0123456789")
     assert not output.exists()
 
 
-def test_onnx_edited_after_the_build(engine, every_layer_onnx, images, tmp_path):
+def test_onnx_edited_after_the_build(engine, every_layer_onnx, images, tmp_path, device_taken):
     model = onnx.load(every_layer_onnx)
     model.metadata_props.add(key="edited", value="by hand")
     edited = tmp_path / "edited.onnx"

@@ -63,9 +63,9 @@ def test_weights_for_another_cfg(tmp_path, every_layer_weights):
 
 def test_cfg_with_unknown_section(tmp_path, every_layer_weights):
     cfg = tmp_path / "unknown.cfg"
-    cfg.write_text((DATA / "every-layer.cfg").read_text().replace("[upsample]", "[gaussian_yolo]", 1))
+    cfg.write_text((DATA / "every-layer.cfg").read_text().replace("[upsample]", "[crnn]", 1))
     result, output = _convert(tmp_path, cfg, every_layer_weights)
-    _assert_clean_failure(result, output, str(cfg), "unknown layer type [gaussian_yolo]")
+    _assert_clean_failure(result, output, str(cfg), "unknown layer type [crnn]")
 
 
 def test_route_to_missing_layer(tmp_path, every_layer_weights):

@@ -94,6 +94,7 @@ def time_round(spec: Round) -> tuple[dict[str, Any], pd.DataFrame]:
             target=spec.target,
         )
         return {**row, "rounds": spec.budget.rounds, "round": spec.index}, no_latencies()
+    verified = backend.verify(spec.engine_file, spec.onnx)
     clock = time.perf_counter()
     paths = image_paths(spec.images)[: spec.batch * spec.rotate]
     letterbox = letterboxes(sidecar["model"], spec.engine_file)
@@ -106,7 +107,7 @@ def time_round(spec: Round) -> tuple[dict[str, Any], pd.DataFrame]:
     # waiting for it, and preparing inputs never keeps another job's timing waiting.
     with DEVICE_LOCK.held():
         clock = time.perf_counter()
-        runner = backend.load(spec.engine_file, spec.onnx)
+        runner = backend.load(spec.engine_file, verified=verified)
         phases["load"] = time.perf_counter() - clock
         clock = time.perf_counter()
         scopes, latencies = bench_round(

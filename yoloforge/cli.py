@@ -215,10 +215,12 @@ def cmd_accuracy(args: argparse.Namespace) -> None:
         raise YoloforgeError(
             f"unreadable reference detections ({error.__class__.__name__})", args.reference
         ) from None
+    backend = get_backend(args.engine)
+    verified = backend.verify(args.engine_file)
     # On an accelerator, so as not to run beside another job's timing there.
     with DEVICE_LOCK.held_if(on_accelerator(sidecar["device"])):
         record, coco_results, detections = score_engine(
-            get_backend(args.engine).load(args.engine_file),
+            backend.load(args.engine_file, verified=verified),
             model=args.model,
             engine=args.engine,
             precision=sidecar["precision"],

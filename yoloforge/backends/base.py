@@ -292,8 +292,10 @@ class Backend(ABC):
             "precisions": reasons,
         }
 
-    def load(self, engine: str | os.PathLike, onnx: str | os.PathLike | None = None) -> Runner:
-        """Load an engine its sidecar vouches for; given `onnx`, also refuse one built from another."""
+    def verify(self, engine: str | os.PathLike, onnx: str | os.PathLike | None = None) -> dict[str, Any]:
+        """The sidecar of an engine it vouches for, built by this backend for this device; given
+        `onnx`, also refuse one built from another ONNX file. Cheap: jobs call it before they wait
+        for the device, so that a wrong engine fails at once."""
         engine = Path(engine)
         sidecar = read_sidecar(engine)
         if sidecar.get("backend") != self.name:
@@ -310,6 +312,17 @@ class Backend(ABC):
             raise YoloforgeError(
                 f"ONNX file changed since the engine {engine} was built from it; rebuild the engine", onnx
             )
+        return sidecar
+
+    def load(
+        self,
+        engine: str | os.PathLike,
+        onnx: str | os.PathLike | None = None,
+        verified: dict[str, Any] | None = None,
+    ) -> Runner:
+        """Load an engine verify() vouches for (`verified`: the sidecar it returned for it)."""
+        engine = Path(engine)
+        sidecar = verified if verified is not None else self.verify(engine, onnx)
         runner = self._load(engine, sidecar)
         runner.letterbox = letterboxes(sidecar.get("model", {}), engine)
         return runner
