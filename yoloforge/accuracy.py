@@ -213,14 +213,15 @@ def _coco_scores(
     return results, *coco_map(annotations, results, image_ids)
 
 
-def reference_engine(request: BuildRequest) -> str:
-    """The first reference implementation that runs the model of `request` in FP32 here."""
+def built_reference(request: BuildRequest) -> tuple[str, Runner]:
+    """The first reference implementation that runs the model of `request` in FP32 here, built
+    into request.output: its name and the loaded engine."""
     reasons = []
     for engine in REFERENCE_ENGINES:
         backend = get_backend(engine)
-        reason = backend.unavailable_reason("fp32") or backend.model_unavailable_reason(request)
+        reason = backend.unavailable_reason("fp32") or backend.build(request).get("unavailable")
         if reason is None:
-            return engine
+            return engine, backend.load(request.output)
         reasons.append(f"{engine}: {reason}")
         log.info("reference: not %s (%s)", engine, reason)
     raise YoloforgeError(f"no reference implementation runs here ({'; '.join(reasons)})")
@@ -252,12 +253,8 @@ def reference_detections(
             cfg=cfg,
             weights=weights,
         )
-        engine = reference_engine(request)
-        backend = get_backend(engine)
-        backend.build(request)
-        detections = detect(
-            backend.load(request.output), evaluation_images(images_dir, count), width, height, 1
-        )
+        engine, runner = built_reference(request)
+        detections = detect(runner, evaluation_images(images_dir, count), width, height, 1)
     _, map50_95, map50 = _coco_scores(images_dir, detections)
     record = {
         "reference": f"{engine} fp32",

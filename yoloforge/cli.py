@@ -121,6 +121,7 @@ def cmd_build(args: argparse.Namespace) -> None:
         calibration=image_paths(args.calibration) if args.calibration else [],
         check_images=image_paths(args.check_images) if args.check_images else [],
         options=dict(option.split("=", 1) for option in args.option),
+        strict=args.strict,
     )
     if args.fingerprint:
         here = backend.probe([args.precision])["id"]
@@ -130,10 +131,6 @@ def cmd_build(args: argparse.Namespace) -> None:
                 f" {args.fingerprint}; re-probe the device (snakemake --forcerun device)",
                 args.output,
             )
-    if args.strict:
-        reason = backend.model_unavailable_reason(request)
-        if reason:
-            raise YoloforgeError(f"strict: {args.engine} cannot run this model: {reason}", args.output)
     with DEVICE_LOCK.held_if(build_times_kernels(args.engine, request.options)):
         sidecar = backend.build(request)
     if "unavailable" in sidecar:

@@ -105,6 +105,9 @@ class BuildRequest:
     calibration: list[Path] = field(default_factory=list)
     check_images: list[Path] = field(default_factory=list)
     options: dict[str, str] = field(default_factory=dict)  # engine-specific build options
+    # A model the engine cannot run (model_unavailable_reason) is an error, not an engine marked
+    # unavailable.
+    strict: bool = False
 
 
 class Runner(ABC):
@@ -224,55 +227,49 @@ class Backend(ABC):
         if reason:
             raise YoloforgeError(f"{self.name} {request.precision} is unavailable: {reason}", request.output)
         reason = self.model_unavailable_reason(request)
-        if reason:
-            log.warning("%s: %s cannot run this model: %s", request.output, self.name, reason)
-            with atomic_output(request.output) as partial:
-                partial.write_bytes(b"")
-                sidecar = {
-                    "model": onnx_metadata(request.onnx),
-                    "backend": self.name,
-                    "precision": request.precision,
-                    "batch": request.batch,
-                    "onnx_sha256": sha256_file(request.onnx),
-                    "device": self.device_fingerprint(),
-                    "libraries": self.library_versions(),
-                    "unavailable": reason,
-                }
-                write_json(sidecar_path(request.output), sidecar)
-            return sidecar
-        start, waited = time.perf_counter(), DEVICE_LOCK.waited_seconds
+        if reason and request.strict:
+            raise YoloforgeError(f"strict: {self.name} cannot run this model: {reason}", request.output)
         # Engine and sidecar are both written in full before either is renamed into place, so a
         # failure (a full disk, say) leaves any previous pair as it was.
         with atomic_output(request.output) as partial:
-            flags = self._build(replace(request, output=partial))
-            build_seconds = time.perf_counter() - start
-            engine_sha256 = sha256_file(partial)
-            engine_bytes = partial.stat().st_size
-            device = self.device_fingerprint()
-            # On an accelerator the check runs the engine there: never beside another job's timing.
-            with DEVICE_LOCK.held_if(on_accelerator(device)):
-                check = output_check(request, lambda: self._load_to_check(partial, flags))
             sidecar = {
                 "model": onnx_metadata(request.onnx),
-                # Counted once here rather than by every timing round: shape inference of a
-                # 250 MB graph takes a second.
-                "flops_per_image": onnx_flops_per_image(request.onnx),
                 "backend": self.name,
                 "precision": request.precision,
                 "batch": request.batch,
                 "onnx_sha256": sha256_file(request.onnx),
-                "engine_sha256": engine_sha256,
-                "engine_bytes": engine_bytes,
-                "device": device,
+                "device": self.device_fingerprint(),
                 "libraries": self.library_versions(),
-                "build_flags": flags,
-                "build_seconds": build_seconds,
-                # Part of build_seconds: builds that overlap wait for each other's timing.
-                "device_wait_seconds": round(DEVICE_LOCK.waited_seconds - waited, 3),
-                "check": check,
             }
+            if reason:
+                log.warning("%s: %s cannot run this model: %s", request.output, self.name, reason)
+                partial.write_bytes(b"")
+                sidecar["unavailable"] = reason
+            else:
+                sidecar |= self._built(replace(request, output=partial), sidecar["device"])
             write_json(sidecar_path(request.output), sidecar)
         return sidecar
+
+    def _built(self, request: BuildRequest, device: dict[str, Any]) -> dict[str, Any]:
+        """Build the engine into request.output and check it: the sidecar's build facts."""
+        start, waited = time.perf_counter(), DEVICE_LOCK.waited_seconds
+        flags = self._build(request)
+        build_seconds = time.perf_counter() - start
+        # On an accelerator the check runs the engine there: never beside another job's timing.
+        with DEVICE_LOCK.held_if(on_accelerator(device)):
+            check = output_check(request, lambda: self._load_to_check(request.output, flags))
+        return {
+            # Counted once here rather than by every timing round: shape inference of a 250 MB
+            # graph takes a second.
+            "flops_per_image": onnx_flops_per_image(request.onnx),
+            "engine_sha256": sha256_file(request.output),
+            "engine_bytes": request.output.stat().st_size,
+            "build_flags": flags,
+            "build_seconds": build_seconds,
+            # Part of build_seconds: builds that overlap wait for each other's timing.
+            "device_wait_seconds": round(DEVICE_LOCK.waited_seconds - waited, 3),
+            "check": check,
+        }
 
     def probe(self, precisions: list[str]) -> dict[str, Any]:
         """What this machine offers this engine: its fingerprint and id, and per precision

@@ -35,10 +35,11 @@ class Yolo(DetectionHead):
         if max(mask, default=0) >= declared:
             # Darknet reads only `num` anchors and indexes past them (cspx-p7-mish of the zoo).
             log.warning(
-                "%s: line %d [yolo]: mask %s names anchors beyond num=%d, where Darknet reads past"
+                "%s: line %d [%s]: mask %s names anchors beyond num=%d, where Darknet reads past"
                 " its anchors; using the %d listed",
                 section.path,
                 section.line,
+                section.name,
                 mask,
                 declared,
                 len(pairs),
